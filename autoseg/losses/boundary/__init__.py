@@ -1,0 +1,1 @@
+"""Boundary-level losses (to come: see the loss catalogue issues)."""

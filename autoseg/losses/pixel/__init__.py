@@ -1,0 +1,1 @@
+"""Pixel-level losses: each voxel scored on its own."""

@@ -1,0 +1,1 @@
+"""Region-level losses: overlap of predicted and reference regions per class."""
