@@ -95,3 +95,40 @@ def masked_voxel_mean(per_voxel: torch.Tensor, mask: torch.Tensor | None, reduct
         return weighted.sum() / w.sum().clamp_min(torch.finfo(per_voxel.dtype).tiny)
     axes = tuple(range(1, per_voxel.ndim))
     return weighted.sum(axes) / w.sum(axes).clamp_min(torch.finfo(per_voxel.dtype).tiny)
+
+
+def soft_region_counts(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, batch: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the inputs and return the soft ``(TP, FP, FN)`` per class, ignored voxels left out.
+
+    Each is ``[B, C]`` (``[1, C]`` with ``batch``); see :func:`soft_counts`.
+    """
+    from autoseg.losses._validation import check_logits_target
+
+    target = check_logits_target(logits, target, ignore_index)
+    mask = valid_mask(target, ignore_index)
+    probs = masked_probabilities(probabilities(logits), mask)
+    onehot = one_hot(target, logits.shape[1], mask, probs.dtype)
+    return soft_counts(probs, onehot, batch)
+
+
+def safe_pow(x: torch.Tensor, exponent: float, eps: float = 1e-6) -> torch.Tensor:
+    """``x ** exponent`` for ``x >= 0`` whose gradient stays finite at 0 when ``exponent < 1``.
+
+    Below ``eps`` the power is replaced by the straight line from 0 to ``eps ** exponent`` (continuous,
+    0 at 0), so a perfect prediction still scores exactly 0 but back-propagation never meets the
+    infinite slope of ``x ** 0.3`` at 0. For ``exponent >= 1`` this is the plain power.
+    """
+    x = x.clamp_min(0)
+    if exponent >= 1:
+        return x.pow(exponent)
+    return torch.where(x > eps, x.clamp_min(eps).pow(exponent), x * eps ** (exponent - 1))
+
+
+def gathered_log_probabilities(logits: torch.Tensor, target: torch.Tensor,
+                               mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p`` of the reference class per voxel ``[B, *spatial]`` and the target with ignored labels set to 0."""
+    logp = log_probabilities(logits)
+    safe = target if mask is None else torch.where(mask, target, torch.zeros_like(target))
+    return logp.gather(1, safe.unsqueeze(1)).squeeze(1), safe

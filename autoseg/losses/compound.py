@@ -126,3 +126,57 @@ class DiceCELoss(CompoundLoss):
 
 
 dice_ce_loss = _dice_ce
+
+
+def _dice_topk(logits: torch.Tensor, target: torch.Tensor, weight_dice: float = 1.0, weight_topk: float = 1.0,
+               k: float = 10, ignore_index: int | None = None, include_background: bool = False,
+               batch: bool = False, smooth: float = 1e-5, reduction: str = "mean") -> torch.Tensor:
+    return DiceTopKLoss(weight_dice, weight_topk, k, include_background, batch, smooth, ignore_index,
+                        reduction)(logits, target)
+
+
+@register_loss("dice_topk", category="combination", function=_dice_topk,
+               citation="Ma et al. Loss odyssey in medical image segmentation. MedIA 2021 (arXiv:2005.13449); "
+                        "nnU-Net's DC_and_topk_loss")
+class DiceTopKLoss(CompoundLoss):
+    """Soft Dice + TopK cross-entropy, 1 : 1 (nnU-Net's DC_and_topk_loss)."""
+
+    def __init__(self, weight_dice: float = 1.0, weight_topk: float = 1.0, k: float = 10,
+                 include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+                 ignore_index: int | None = None, reduction: str = "mean"):
+        from autoseg.losses.pixel.topk import TopKLoss
+
+        super().__init__(
+            [("dice", DiceLoss(include_background, batch, smooth, ignore_index, reduction)),
+             ("topk", TopKLoss(k, ignore_index, reduction))],
+            [weight_dice, weight_topk],
+        )
+
+
+def _dice_focal(logits: torch.Tensor, target: torch.Tensor, weight_dice: float = 1.0, weight_focal: float = 1.0,
+                gamma: float = 2.0, alpha: Any = None, ignore_index: int | None = None,
+                include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+                reduction: str = "mean") -> torch.Tensor:
+    return DiceFocalLoss(weight_dice, weight_focal, gamma, alpha, include_background, batch, smooth, ignore_index,
+                         reduction)(logits, target)
+
+
+@register_loss("dice_focal", category="combination", function=_dice_focal,
+               citation="Zhu et al. AnatomyNet. Med Phys 2019 (arXiv:1808.05238)")
+class DiceFocalLoss(CompoundLoss):
+    """Soft Dice + focal loss, 1 : 1."""
+
+    def __init__(self, weight_dice: float = 1.0, weight_focal: float = 1.0, gamma: float = 2.0, alpha: Any = None,
+                 include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+                 ignore_index: int | None = None, reduction: str = "mean"):
+        from autoseg.losses.pixel.focal import FocalLoss
+
+        super().__init__(
+            [("dice", DiceLoss(include_background, batch, smooth, ignore_index, reduction)),
+             ("focal", FocalLoss(gamma, alpha, ignore_index, reduction))],
+            [weight_dice, weight_focal],
+        )
+
+
+dice_topk_loss = _dice_topk
+dice_focal_loss = _dice_focal

@@ -1,0 +1,1 @@
+"""Combination losses with their own formula (Exponential logarithmic, Unified focal); weighted sums live in compound.py."""
