@@ -1,0 +1,1 @@
+"""Evaluation of nnU-Net validation predictions: metrics, collection, ranking, statistics and reports."""

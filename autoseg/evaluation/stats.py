@@ -1,0 +1,156 @@
+"""Statistical tests for comparing losses: paired Wilcoxon with Holm correction, Friedman with the Nemenyi critical
+difference, and Kendall's tau between rankings. Pure functions of numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order; NaN stays NaN.
+
+    Sorted ascending, the i-th smallest (0-based) of m p-values becomes ``max_{j<=i} min(1, (m - j) p_(j))``.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03]).round(4).tolist()
+        [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
+    return out
+
+
+@dataclass
+class PairwiseTests:
+    """Pairwise paired tests between methods: ``p`` raw and ``p_holm`` adjusted two-sided p-values (symmetric,
+    NaN on the diagonal), and ``better[i, j]`` true when i beats j significantly at ``alpha`` after Holm."""
+
+    p: np.ndarray
+    p_holm: np.ndarray
+    better: np.ndarray
+    alpha: float
+
+
+def pairwise_wilcoxon(scores: np.ndarray, higher_is_better: bool = True, alpha: float = 0.05) -> PairwiseTests:
+    """Two-sided Wilcoxon signed-rank tests for every pair of methods on paired cases, Holm-corrected together.
+
+    Args:
+        scores: ``[n_cases, n_methods]``, one value per case and method, cases paired across methods.
+
+    A pair whose differences are all zero cannot differ: p = 1. The direction of a significant difference is the
+    sign of the median paired difference (with a tie broken by the mean).
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [n_cases, n_methods], got shape {scores.shape}")
+    k = scores.shape[1]
+    p = np.full((k, k), np.nan)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    raw = []
+    for i, j in pairs:
+        d = scores[:, i] - scores[:, j]
+        d = d[~np.isnan(d)]
+        if d.size == 0 or np.all(d == 0):
+            raw.append(1.0)
+        else:
+            raw.append(float(stats.wilcoxon(d).pvalue))
+    adj = holm(raw)
+    p_holm = np.full((k, k), np.nan)
+    better = np.zeros((k, k), dtype=bool)
+    for (i, j), pr, pa in zip(pairs, raw, adj):
+        p[i, j] = p[j, i] = pr
+        p_holm[i, j] = p_holm[j, i] = pa
+        if pa < alpha:
+            d = scores[:, i] - scores[:, j]
+            d = d[~np.isnan(d)]
+            direction = np.sign(np.median(d)) or np.sign(np.mean(d))
+            if not higher_is_better:
+                direction = -direction
+            if direction > 0:
+                better[i, j] = True
+            elif direction < 0:
+                better[j, i] = True
+    return PairwiseTests(p, p_holm, better, alpha)
+
+
+@dataclass
+class FriedmanResult:
+    statistic: float
+    pvalue: float
+    average_ranks: np.ndarray  # rank 1 = best
+    n_blocks: int
+    n_methods: int
+
+
+def friedman(matrix: np.ndarray, higher_is_better: bool = True) -> FriedmanResult:
+    """Friedman's test of ``[n_blocks, n_methods]`` (blocks: data sets or cases), with the tie correction.
+
+    ``chi2 = (12 / (n k (k+1)) * sum_j R_j^2 - 3 n (k+1)) / (1 - sum(t^3 - t) / (n k (k^2 - 1)))`` with ``R_j`` the
+    rank sums; p from chi-squared with k - 1 degrees of freedom. Equals ``scipy.stats.friedmanchisquare`` for k >= 3.
+    """
+    x = np.asarray(matrix, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 2:
+        raise ValueError(f"matrix must be [n_blocks >= 1, n_methods >= 2], got shape {x.shape}")
+    n, k = x.shape
+    ranks = stats.rankdata(-x if higher_is_better else x, axis=1)
+    rank_sums = ranks.sum(axis=0)
+    ties = 0.0
+    for row in ranks:
+        _, counts = np.unique(row, return_counts=True)
+        ties += float(np.sum(counts ** 3 - counts))
+    denom = 1.0 - ties / (n * k * (k * k - 1))
+    chi2 = (12.0 / (n * k * (k + 1)) * float(np.sum(rank_sums ** 2)) - 3.0 * n * (k + 1))
+    if denom <= 0:  # every block all tied: no evidence of any difference
+        return FriedmanResult(0.0, 1.0, rank_sums / n, n, k)
+    chi2 /= denom
+    return FriedmanResult(float(chi2), float(stats.chi2.sf(chi2, k - 1)), rank_sums / n, n, k)
+
+
+def nemenyi_critical_difference(n_methods: int, n_blocks: int, alpha: float = 0.05) -> float:
+    """Nemenyi critical difference of average ranks (Demšar 2006): ``q_alpha sqrt(k (k+1) / (6 N))``, where
+    ``q_alpha`` is the studentized range quantile over sqrt(2) (1.960 for k=2, 2.343 for k=3, 2.569 for k=4)."""
+    if n_methods < 2 or n_blocks < 1:
+        raise ValueError(f"need at least 2 methods and 1 block, got {n_methods} and {n_blocks}")
+    q = stats.studentized_range.ppf(1 - alpha, n_methods, np.inf) / np.sqrt(2)
+    return float(q * np.sqrt(n_methods * (n_methods + 1) / (6.0 * n_blocks)))
+
+
+def cd_cliques(average_ranks: Sequence[float], cd: float) -> list[list[int]]:
+    """Groups of methods whose average ranks lie within ``cd`` of each other (maximal runs in rank order, at least
+    two members): the bars of a critical-difference diagram."""
+    r = np.asarray(average_ranks, dtype=float)
+    order = list(np.argsort(r, kind="stable"))
+    runs = []
+    for a in range(len(order)):
+        b = a
+        while b + 1 < len(order) and r[order[b + 1]] - r[order[a]] < cd:
+            b += 1
+        if b > a:
+            runs.append((a, b))
+    maximal = [(a, b) for a, b in runs if not any(c <= a and b <= d and (c, d) != (a, b) for c, d in runs)]
+    return [[int(order[i]) for i in range(a, b + 1)] for a, b in maximal]
+
+
+def kendall_tau(ranking_a: Sequence[float], ranking_b: Sequence[float]) -> float:
+    """Kendall's tau-b between two rankings of the same methods (1: same order, -1: reversed)."""
+    a = np.asarray(ranking_a, dtype=float)
+    b = np.asarray(ranking_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"rankings must have the same length, got {a.shape} and {b.shape}")
+    if a.size < 2:
+        return float("nan")
+    return float(stats.kendalltau(a, b).statistic)

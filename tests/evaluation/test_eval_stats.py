@@ -1,0 +1,173 @@
+"""Ranking schemes and tests against hand-worked examples and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from autoseg.evaluation.ranking import (
+    aggregate_then_rank,
+    bootstrap_ranks,
+    consensus,
+    mean_statistic,
+    pooled_iou_statistic,
+    rank_frequencies,
+    rank_interval,
+    rank_then_aggregate,
+    rank_values,
+    test_based_ranking,
+)
+from autoseg.evaluation.stats import (
+    cd_cliques,
+    friedman,
+    holm,
+    kendall_tau,
+    nemenyi_critical_difference,
+    pairwise_wilcoxon,
+)
+
+
+def test_rank_values_direction_and_ties():
+    assert rank_values([0.9, 0.5, 0.9]).tolist() == [1.5, 3.0, 1.5]
+    assert rank_values([3.0, 1.0, 2.0], higher_is_better=False).tolist() == [3.0, 1.0, 2.0]
+    assert rank_values([0.2, np.nan, 0.1]).tolist() == [1.0, 3.0, 2.0]  # NaN last
+
+
+def test_aggregate_then_rank_and_rank_then_aggregate_disagree_by_hand():
+    # A wins two cases narrowly and loses one badly; B is steady. Means: A 0.6, B 0.8 -> B first.
+    # Per-case ranks: A 1, 1, 2 (mean 4/3); B 2, 2, 1 (mean 5/3) -> A first.
+    scores = np.array([[0.9, 0.8], [0.9, 0.8], [0.0, 0.8]])
+    assert aggregate_then_rank(scores).tolist() == [2.0, 1.0]
+    assert rank_then_aggregate(scores).tolist() == [1.0, 2.0]
+    # median aggregation: A 0.9, B 0.8 -> A first
+    assert aggregate_then_rank(scores, aggregate="median").tolist() == [1.0, 2.0]
+    # HD95-like, lower is better: negating the scores flips every ranking
+    assert aggregate_then_rank(-scores, higher_is_better=False).tolist() == [2.0, 1.0]
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, 2*0.03, max(1*0.04, 0.06)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 2*0.5 capped at 1; 0.9 raised to keep the order
+    out = holm([np.nan, 0.02])
+    assert math.isnan(out[0]) and out[1] == pytest.approx(0.02)
+
+
+def test_pairwise_wilcoxon_matches_scipy_and_holm():
+    rng = np.random.default_rng(0)
+    scores = rng.random((12, 3))
+    scores[:, 0] += 1.0  # method 0 better on every case
+    t = pairwise_wilcoxon(scores)
+    raw = [stats.wilcoxon(scores[:, i] - scores[:, j]).pvalue for i, j in [(0, 1), (0, 2), (1, 2)]]
+    assert [t.p[0, 1], t.p[0, 2], t.p[1, 2]] == pytest.approx(raw)
+    assert [t.p_holm[0, 1], t.p_holm[0, 2], t.p_holm[1, 2]] == pytest.approx(holm(raw))
+    # exact two-sided p of 12 positive differences: 2 / 2^12; Holm over 3 pairs at most triples it
+    assert t.p[0, 1] == pytest.approx(2 / 2 ** 12)
+    assert t.better[0, 1] and t.better[0, 2] and not t.better[1, 0]
+    assert np.allclose(t.p_holm, t.p_holm.T, equal_nan=True)
+
+
+def test_identical_methods_are_not_different():
+    scores = np.tile(np.linspace(0.1, 0.9, 8)[:, None], (1, 2))
+    t = pairwise_wilcoxon(scores)
+    assert t.p[0, 1] == 1.0 and not t.better.any()
+
+
+def test_test_based_ranking_counts_significant_wins():
+    rng = np.random.default_rng(1)
+    base = rng.random(10)
+    noise = rng.normal(0, 0.01, (10, 2))
+    # clear order: best beats everyone on every case; twins indistinguishable; worst loses to all
+    scores = np.stack([base + 0.5, base + noise[:, 0], base + noise[:, 1], base - 0.5], axis=1)
+    ranks, wins, tests = test_based_ranking(scores)
+    assert wins.tolist() == [3, 1, 1, 0]
+    assert ranks.tolist() == [1.0, 2.5, 2.5, 4.0]
+    # HD95-like: lower is better reverses the winner
+    ranks_low, wins_low, _ = test_based_ranking(scores, higher_is_better=False)
+    assert wins_low.tolist() == [0, 1, 1, 3]
+
+
+def test_consensus_is_mean_rank_ranked():
+    # two tasks: ranks (1,2,3) and (2,1,3) -> means 1.5, 1.5, 3 -> ranks 1.5, 1.5, 3
+    assert consensus(np.array([[1, 2, 3], [2, 1, 3]])).tolist() == [1.5, 1.5, 3.0]
+
+
+def test_bootstrap_dominant_method_always_first_and_seeded():
+    rng = np.random.default_rng(2)
+    base = rng.random((15, 1))
+    e = rng.normal(0, 0.05, (15, 1))
+    e -= e.mean()  # the twins have equal means: neither is better
+    scores = np.concatenate([base + 0.3, base + e, base - e], 1)
+    boot = bootstrap_ranks(mean_statistic(scores), 15, n_boot=1000, seed=7)
+    assert boot.shape == (1000, 3)
+    assert np.all(boot[:, 0] == 1.0)
+    assert np.array_equal(boot, bootstrap_ranks(mean_statistic(scores), 15, n_boot=1000, seed=7))
+    ci = rank_interval(boot)
+    assert (ci.low[0], ci.high[0]) == (1.0, 1.0)
+    # the indistinguishable pair shares ranks 2 and 3
+    assert ci.low[1] == 2.0 and ci.high[1] == 3.0 and ci.low[2] == 2.0 and ci.high[2] == 3.0
+    values, freq = rank_frequencies(boot)
+    assert values.tolist() == [1.0, 2.0, 3.0] and freq.sum(axis=1) == pytest.approx(1.0)
+    assert 0.3 < freq[1, 1] < 0.7
+
+
+def test_bootstrap_resamples_cases_with_replacement_by_hand():
+    # one resample of the single case 0 only: means equal its scores
+    scores = np.array([[0.2, 0.9], [0.8, 0.1]])
+    stat = mean_statistic(scores)
+    assert stat(np.array([[0, 0]]))[0, :, 0].tolist() == [0.2, 0.9]
+    assert stat(np.array([[1, 1]]))[0, :, 0].tolist() == [0.8, 0.1]
+    # a task where lower is better is negated
+    hd = mean_statistic(np.stack([scores, scores], 2), [True, False])
+    assert hd(np.array([[0, 1]]))[0].tolist() == [[0.5, -0.5], [0.5, -0.5]]
+
+
+def test_pooled_iou_statistic_sums_over_resampled_cases():
+    tp = np.array([[[3]], [[1]]])  # [cases, methods, classes]
+    fp = np.array([[[1]], [[0]]])
+    fn = np.array([[[0]], [[2]]])
+    stat = pooled_iou_statistic(tp, fp, fn)
+    assert stat(np.array([[0, 1]]))[0, 0, 0] == pytest.approx(4 / 7)
+    assert stat(np.array([[1, 1]]))[0, 0, 0] == pytest.approx(2 / 6)
+
+
+def test_kendall_tau_by_hand_and_scipy():
+    # one swapped pair out of 6: (5 concordant - 1 discordant) / 6
+    assert kendall_tau([1, 2, 3, 4], [2, 1, 3, 4]) == pytest.approx(4 / 6)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    a, b = [1, 2.5, 2.5, 4], [1, 2, 4, 3]
+    assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
+
+
+def test_friedman_by_hand():
+    # 4 blocks all ranking the methods 1,2,3: R = (4, 8, 12); chi2 = 12*4/(3*4) * (14 - 12) = 8; p = exp(-4)
+    x = np.array([[0.9, 0.5, 0.1]] * 4)
+    res = friedman(x)
+    assert res.statistic == pytest.approx(8.0)
+    assert res.pvalue == pytest.approx(math.exp(-4))
+    assert res.average_ranks.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_friedman_matches_scipy_with_ties():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 4, (9, 4)).astype(float)  # many ties
+    ours = friedman(x)
+    ref = stats.friedmanchisquare(*x.T)
+    assert ours.statistic == pytest.approx(ref.statistic)
+    assert ours.pvalue == pytest.approx(ref.pvalue)
+
+
+@pytest.mark.parametrize("k,q", [(2, 1.960), (3, 2.343), (4, 2.569), (5, 2.728), (6, 2.850), (10, 3.164)])
+def test_nemenyi_cd_matches_demsar_table(k, q):
+    n = 7
+    assert nemenyi_critical_difference(k, n) == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)), abs=2e-3)
+
+
+def test_cd_cliques_by_hand():
+    # ranks 1.0, 1.5, 2.6, 4.0 with CD 1.2: {0,1} (1.0..1.5), {1,2} (1.5..2.6); 2.6 to 4.0 > CD
+    assert cd_cliques([1.0, 1.5, 2.6, 4.0], 1.2) == [[0, 1], [1, 2]]
+    assert cd_cliques([4.0, 1.0], 1.0) == []
+    assert cd_cliques([1.0, 1.1, 1.2], 5.0) == [[0, 1, 2]]
