@@ -1,0 +1,110 @@
+"""Builds tiny nnU-Net results trees of known structure for the evaluation tests (not a test module)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+DATASET = "Dataset999_Toy"
+SHAPE = (6, 12, 12)
+SPACING = (2.0, 1.0, 1.0)  # numpy axis order, mm
+LABELS = {"background": 0, "organ": 1, "tumour": 2}
+
+
+def write_seg(path: Path, arr: np.ndarray, spacing=SPACING) -> None:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+
+
+def reference(i: int) -> np.ndarray:
+    """Organ: a box whose size varies with the case; tumour: a small box, absent from case 0 (the empty class)."""
+    ref = np.zeros(SHAPE, np.uint8)
+    w = 3 + i % 3
+    ref[1:5, 6 - w:6 + w, 6 - w:6 + w] = 1
+    if i != 0:
+        ref[2:4, 5:7, 5:7] = 2
+    return ref
+
+
+def shifted(arr: np.ndarray, by: int) -> np.ndarray:
+    return np.roll(arr, by, axis=2)
+
+
+PREDICT = {
+    # exact: better than everything else on every case
+    "good": lambda ref, i: ref.copy(),
+    # one voxel to the right and to the left: the same metrics on these symmetric shapes, indistinguishable
+    "twin_a": lambda ref, i: shifted(ref, 1),
+    "twin_b": lambda ref, i: shifted(ref, -1),
+    # three voxels off, and a tumour predicted in case 0 where there is none
+    "bad": lambda ref, i: _bad(ref, i),
+}
+
+
+def _bad(ref: np.ndarray, i: int) -> np.ndarray:
+    out = shifted(ref, 3)
+    if i == 0:
+        out[2:4, 1:3, 1:3] = 2
+    return out
+
+
+def build_tree(root: Path, cases_per_fold=(10, 4), methods=("good", "twin_a", "twin_b", "bad"),
+               missing=(("twin_b", 1),), failed=("broken",), progress_png=True, natural=False) -> dict:
+    """``root/results``, ``root/preprocessed`` and ``root/raw`` of one dataset; returns their paths.
+
+    Fold f holds ``cases_per_fold[f]`` cases. ``missing`` lists (method, fold) folders left out; ``failed`` methods
+    have autoseg.json status "failed" and no predictions.
+    """
+    results, pre, raw = root / "results", root / "preprocessed", root / "raw"
+    dataset_json = {"labels": LABELS, "file_ending": ".nii.gz", "numTraining": sum(cases_per_fold),
+                    "channel_names": {"0": "CT"}}
+    if natural:
+        dataset_json["natural_image"] = True
+    (pre / DATASET).mkdir(parents=True, exist_ok=True)
+    (pre / DATASET / "dataset.json").write_text(json.dumps(dataset_json))
+    rng = np.random.default_rng(0)
+    case_ids: list[list[str]] = []
+    n = 0
+    for count in cases_per_fold:
+        ids = []
+        for _ in range(count):
+            case = f"toy_{n:03d}"
+            ref = reference(n)
+            write_seg(pre / DATASET / "gt_segmentations" / f"{case}.nii.gz", ref)
+            image = (ref * 100 + rng.normal(0, 10, SHAPE)).astype(np.float32)
+            write_seg(raw / DATASET / "imagesTr" / f"{case}_0000.nii.gz", image)
+            ids.append(case)
+            n += 1
+        case_ids.append(ids)
+    for method in list(methods) + list(failed):
+        trainer = f"nnUNetTrainer_autoseg_{method}"
+        base = results / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "dataset.json").write_text(json.dumps(dataset_json))
+        for fold, ids in enumerate(case_ids):
+            if (method, fold) in missing:
+                continue
+            fold_dir = base / f"fold_{fold}"
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            meta = {"loss": method, "loss_args": {}, "trainer": trainer, "plans": "nnUNetPlans",
+                    "configuration": "3d_fullres", "architecture": "cnn",
+                    "budget": {"name": "quick", "epochs": 2, "iterations_per_epoch": 3},
+                    "dataset": DATASET, "fold": fold, "seed": 0,
+                    "status": "failed" if method in failed else "done", "natural_image": natural}
+            (fold_dir / "autoseg.json").write_text(json.dumps(meta))
+            if method in failed:
+                continue
+            for case in ids:
+                i = int(case.split("_")[1])
+                write_seg(fold_dir / "validation" / f"{case}.nii.gz", PREDICT[method](reference(i), i))
+            if progress_png:
+                from PIL import Image
+
+                Image.fromarray(np.full((20, 30, 3), 40 * fold + 60, np.uint8)).save(fold_dir / "progress.png")
+    return {"results": results, "preprocessed": pre, "raw": raw, "cases": case_ids}
