@@ -1,0 +1,201 @@
+"""The contract every registered loss keeps, parametrised over ``list_losses()`` so new entries are tested at once."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import inspect
+
+import pytest
+import torch
+
+from autoseg.losses import CATEGORIES, build_loss, get_loss_info, list_losses
+
+C = 3
+IGNORE = 255
+SHAPES = {2: (2, C, 16, 16), 3: (2, C, 8, 8, 8)}
+LOSSES = list_losses()
+
+
+def accepted(name: str) -> set[str]:
+    return set(inspect.signature(get_loss_info(name).cls.__init__).parameters) - {"self"}
+
+
+def make(name: str, **kwargs):
+    """The loss with ``kwargs`` it accepts (others dropped), as a trainer would build it."""
+    ok = accepted(name)
+    return build_loss(name, **{k: v for k, v in kwargs.items() if k in ok})
+
+
+def inputs(dim: int, seed: int = 0, ignore: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    shape = SHAPES[dim]
+    logits = torch.randn(shape, generator=g)
+    target = torch.randint(0, C, (shape[0], *shape[2:]), generator=g)
+    if ignore:
+        target[torch.rand(target.shape, generator=g) < 0.3] = IGNORE
+    return logits, target
+
+
+def value_and_grad(loss, logits, target):
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, target)
+    value.sum().backward()
+    return value.detach(), x.grad
+
+
+def test_registry_holds_the_issue_losses():
+    expected = {"ce", "topk", "focal", "dice", "log_cosh_dice", "gwdl", "iou", "lovasz", "tversky", "focal_tversky",
+                "sens_spec", "rmi", "robust_t", "combo", "exp_log", "unified_focal", "dice_ce", "dice_topk",
+                "dice_focal"}
+    assert expected <= set(LOSSES)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_metadata(name):
+    info = get_loss_info(name)
+    assert info.category in CATEGORIES
+    assert info.citation and info.summary
+    assert info.function is not None and info.function.__module__ == info.cls.__module__
+    params = inspect.signature(info.cls.__init__).parameters
+    for key, default in info.hyper_parameters.items():
+        assert params[key].default == default
+    # Constructible from defaults plus the context a trainer passes.
+    loss = build_loss(name, context={"ignore_index": IGNORE, "batch": True})
+    assert bool(list(loss.parameters())) == info.learnable
+    assert "ignore_index" in params and "reduction" in params
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_target_shapes_agree(name, dim):
+    logits, target = inputs(dim, ignore=True)
+    loss = make(name, ignore_index=IGNORE)
+    torch.testing.assert_close(loss(logits, target), loss(logits, target.unsqueeze(1)), rtol=0, atol=0)
+    torch.testing.assert_close(loss(logits, target), loss(logits, target.to(torch.int16).unsqueeze(1)), rtol=0,
+                               atol=0)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_reduction_shapes(name, dim):
+    logits, target = inputs(dim)
+    b = logits.shape[0]
+    values = {r: make(name, reduction=r, batch=False)(logits, target) for r in ("mean", "sum", "none")}
+    assert values["mean"].shape == () and values["sum"].shape == ()
+    assert values["none"].shape == (b,)
+    if "batch" in accepted(name):
+        batch_none = make(name, reduction="none", batch=True)(logits, target)
+        assert batch_none.shape in {(1,), (b,)}
+        assert torch.isfinite(batch_none).all()
+    # Per-case values are the losses of each case on its own.
+    single = make(name, reduction="none", batch=False)(logits[:1], target[:1])
+    torch.testing.assert_close(values["none"][:1], single, rtol=1e-5, atol=1e-6)
+
+
+def _edge_case(case: str, dim: int):
+    logits, target = inputs(dim, seed=1)
+    if case == "empty_foreground":
+        target = torch.zeros_like(target)
+    elif case == "all_ignore":
+        target = torch.full_like(target, IGNORE)
+    elif case == "extreme_1e4":
+        logits = 1e4 * torch.sign(logits)
+    elif case == "extreme_1e30":
+        logits = 1e30 * torch.sign(logits)
+    elif case == "confident_wrong":
+        logits = 1e4 * torch.nn.functional.one_hot((target + 1) % C, C).movedim(-1, 1).float()
+    elif case == "confident_right":
+        logits = 1e4 * torch.nn.functional.one_hot(target, C).movedim(-1, 1).float()
+    return logits, target
+
+
+@pytest.mark.parametrize("case", ["empty_foreground", "all_ignore", "extreme_1e4", "extreme_1e30",
+                                  "confident_wrong", "confident_right"])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_finite_value_and_gradient(name, dim, case):
+    logits, target = _edge_case(case, dim)
+    for batch in (False, True):
+        value, grad = value_and_grad(make(name, ignore_index=IGNORE, batch=batch), logits, target)
+        assert torch.isfinite(value).all(), f"{name} {case} batch={batch}: value {value}"
+        assert torch.isfinite(grad).all(), f"{name} {case} batch={batch}: gradient not finite"
+        if case == "all_ignore":
+            assert not grad.any(), "every voxel is ignored, so no logit may get a gradient"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_perfect_below_random_below_inverted(name, dim):
+    logits, target = inputs(dim, seed=2)
+    onehot = torch.nn.functional.one_hot(target, C).movedim(-1, 1).float()
+    inverted = torch.nn.functional.one_hot((target + 1) % C, C).movedim(-1, 1).float()
+    loss = make(name)
+    perfect, random, worst = loss(20 * onehot, target), loss(logits, target), loss(20 * inverted, target)
+    assert perfect < random < worst, f"{name}: perfect {perfect}, random {random}, inverted {worst}"
+
+
+@pytest.mark.parametrize("ignore_index", [IGNORE, C])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_ignored_voxels_change_nothing(name, dim, ignore_index):
+    logits, target = inputs(dim, seed=3, ignore=True)
+    target[target == IGNORE] = ignore_index
+    ignored = (target == ignore_index).unsqueeze(1).expand_as(logits)
+    assert ignored.any() and not ignored.all()
+    other = torch.where(ignored, 10 * torch.randn_like(logits), logits)
+    for batch in (False, True):
+        loss = make(name, ignore_index=ignore_index, batch=batch, reduction="none")
+        v1, g1 = value_and_grad(loss, logits, target)
+        v2, g2 = value_and_grad(loss, other, target)
+        torch.testing.assert_close(v1, v2, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-8)
+        assert not g1[ignored].any(), f"{name}: ignored voxels received a gradient"
+        assert g1[~ignored].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", LOSSES)
+def test_function_equals_module(name, dim):
+    info = get_loss_info(name)
+    logits, target = inputs(dim, seed=4, ignore=True)
+    settings = [{"ignore_index": IGNORE},
+                {"ignore_index": IGNORE, "reduction": "none", "batch": True, "include_background": True},
+                {"ignore_index": IGNORE, "reduction": "sum", "smooth": 1e-3}]
+    for kwargs in settings:
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted(name)}
+        torch.testing.assert_close(info.function(logits, target, **kwargs), info.cls(**kwargs)(logits, target),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_gradcheck_float64(name):
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, C, 5, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(0, C, (2, 5, 5), generator=g)
+    target[0, 0, :2] = IGNORE
+    loss = make(name, ignore_index=IGNORE, reduction="none").double()
+    assert loss(logits, target).dtype == torch.float64
+    x = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: loss(z, target), (x,), eps=1e-6, atol=1e-6, rtol=1e-4,
+                                     fast_mode=True)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_low_precision_logits_are_computed_in_float32(name):
+    logits, target = inputs(2, seed=6)
+    half = logits.to(torch.bfloat16)
+    loss = make(name)
+    value = loss(half, target)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, loss(half.float(), target), rtol=0, atol=0)
+
+
+def test_docstring_examples_run():
+    modules = sorted({get_loss_info(n).cls.__module__ for n in LOSSES})
+    tested = 0
+    for module_name in modules:
+        result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, f"doctest failed in {module_name}"
+        tested += result.attempted
+    assert tested >= len(LOSSES) - 3  # every loss function carries an example (compounds share dice_ce's)
