@@ -34,6 +34,7 @@ BAD_VALUES = [
     ("tversky", {"alpha": -0.1}, "alpha"), ("tversky", {"beta": -1}, "beta"),
     ("tversky", {"alpha": 0, "beta": 0}, "alpha and beta"),
     ("focal_tversky", {"gamma": 0}, "gamma"), ("focal_tversky", {"alpha": -1}, "alpha"),
+    ("focal_tversky", {"beta": -1}, "beta"),
     ("sens_spec", {"r": 1.5}, "r"), ("sens_spec", {"r": -0.1}, "r"),
     ("gwdl", {"distance_matrix": [[0, 1, 1], [1, 0, 1]]}, "distance_matrix"),
     ("gwdl", {"distance_matrix": [[1, 1], [1, 0]]}, "distance_matrix"),
