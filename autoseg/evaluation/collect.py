@@ -311,7 +311,10 @@ def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = 
             rows.append({**identity, "case": case, "class_name": info.class_name(r["label"]),
                          "nsd_tolerance_mm": tolerance_mm if with_distances else float("nan"), **r})
     if computed or set(new_cache) != set(cached):
-        atomic_write_text(cache_path, json.dumps({"version": METRICS_VERSION, "cases": new_cache}))
+        try:
+            atomic_write_text(cache_path, json.dumps({"version": METRICS_VERSION, "cases": new_cache}))
+        except OSError:  # a read-only results tree still gets evaluated, just not cached
+            pass
     run.n_cases, run.n_computed = len(new_cache), computed
     if missing_refs:
         run.state = f"evaluated; no reference for {len(missing_refs)} case(s): {', '.join(missing_refs[:5])}"

@@ -152,3 +152,18 @@ def test_natural_image_label_zero_is_a_real_class_unless_named_background(tmp_pa
     assert street.evaluated_labels() == [0, 1]
     medical = DatasetInfo("D", {"background": 0, "liver": 1}, ".nii.gz", None, False, tmp_path)
     assert medical.evaluated_labels() == [1]
+
+
+def test_references_from_summary_json_when_no_preprocessed_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    tree = build_tree(tmp_path, cases_per_fold=(2,), methods=("good",), missing=(), failed=(), progress_png=False)
+    val = tree["results"] / DATASET / "nnUNetTrainer_autoseg_good__nnUNetPlans__3d_fullres" / "fold_0" / "validation"
+    gt = tree["preprocessed"] / DATASET / "gt_segmentations"
+    without = evaluate(tree["results"], progress=None)
+    assert without.rows == [] and without.runs[0].state.startswith("no reference")
+    (val / "summary.json").write_text(json.dumps({"metric_per_case": [
+        {"prediction_file": str(val / f"{c}.nii.gz"), "reference_file": str(gt / f"{c}.nii.gz")}
+        for c in ("toy_000", "toy_001")]}))
+    with_summary = evaluate(tree["results"], progress=None)
+    assert len(with_summary.rows) == 4 and all(r["dice"] == 1.0 for r in with_summary.rows)

@@ -110,3 +110,61 @@ def test_cli_evaluate_and_report(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["evaluate", str(tree["results"]), "--tolerance", "x=abc"]) == 2
+
+
+def _counts(pred, ref, label):
+    p, r = pred == label, ref == label
+    return np.count_nonzero(p & r), np.count_nonzero(p & ~r), np.count_nonzero(~p & r)
+
+
+def test_natural_images_report_dataset_level_iou(tmp_path):
+    from eval_synthetic_tree import PREDICT, reference
+
+    tree = build_tree(tmp_path, cases_per_fold=(3,), methods=("good", "twin_a"), missing=(), failed=(),
+                      progress_png=False, natural=True)
+    res = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=50, progress=None)
+    (g,) = res.groups
+    assert g.natural and g.primary_name == "IoU"
+    table = {r["loss"]: r for r in _csv(next((tmp_path / "r" / "tables").glob("iou_*.csv")))}
+    # expected by counting voxels directly: one confusion matrix summed over the three images
+    expected = {}
+    for label, name in ((1, "organ"), (2, "tumour")):
+        tp = fp = fn = 0
+        for i in range(3):
+            a, b, c = _counts(PREDICT["twin_a"](reference(i), i), reference(i), label)
+            tp, fp, fn = tp + a, fp + b, fn + c
+        expected[name] = tp / (tp + fp + fn) * 100
+    assert table["twin_a"]["IoU organ (%)"] == f"{expected['organ']:.2f}"
+    assert table["twin_a"]["IoU tumour (%)"] == f"{expected['tumour']:.2f}"
+    assert table["twin_a"]["mIoU (%)"].startswith(f"{(expected['organ'] + expected['tumour']) / 2:.2f} ± ")
+    assert table["good"]["mIoU (%)"] == "100.00 ± 0.00"
+    assert "dataset-level" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_friedman_across_configurations(tmp_path):
+    import json
+    import shutil
+
+    tree = build_tree(tmp_path, cases_per_fold=(6,), methods=("good", "twin_a", "bad"), missing=(), failed=(),
+                      progress_png=False)
+    ds = tree["results"] / "Dataset999_Toy"
+    for folder in list(ds.iterdir()):  # the same predictions again as a second configuration
+        copy = ds / folder.name.replace("3d_fullres", "2d")
+        shutil.copytree(folder, copy)
+        meta_path = copy / "fold_0" / "autoseg.json"
+        meta = json.loads(meta_path.read_text())
+        meta["configuration"] = "2d"
+        meta_path.write_text(json.dumps(meta))
+    res = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=20, progress=None)
+    assert len(res.groups) == 2
+    rows = {r["loss"]: r for r in _csv(tmp_path / "r" / "tables" / "friedman_across_groups.csv")}
+    # same order in both blocks: rank sums 2, 4, 6; chi2 = 12/(2*3*4) * (4+16+36) - 3*2*4 = 4
+    assert {m: r["average rank"] for m, r in rows.items()} == {"good": "1.00", "twin_a": "2.00", "bad": "3.00"}
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "chi2 = 4.000" in md and (tmp_path / "r" / "figures" / "cd_across_groups.png").exists()
+
+
+def test_one_loss_only(tmp_path):
+    tree = build_tree(tmp_path, cases_per_fold=(3,), methods=("good",), missing=(), failed=(), progress_png=False)
+    res = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=10, progress=None)
+    assert res.groups[0].tests is None and (tmp_path / "r" / "report.html").exists()
