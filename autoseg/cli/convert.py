@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetExistsError, ValueError, FileNotFoundError) as e:
         raise CliError(str(e)) from None
     block = result.dataset_json["autoseg"]
+    ignore = f", ignore label {block['ignore_label']}" if block["ignore_label"] is not None else ""
     print(f"wrote {result.path}: {result.n_train} training case(s), {result.n_test} test case(s), "
-          f"{len(block['class_names'])} class(es){', ignore label ' + str(block['ignore_label']) if block['ignore_label'] is not None else ''}")
+          f"{len(block['class_names'])} class(es){ignore}")
     if block.get("splits_file"):
         print(f"frozen folds in {result.path / block['splits_file']}; before training run "
               "autoseg.data.convert.install_splits(raw_dir, preprocessed_dir) (or copy it to splits_final.json "

@@ -116,7 +116,7 @@ def make_cityscapes(root: Path) -> Path:
             Image.fromarray(lab).save(gt_dir / f"{name}_gtFine_labelIds.png")
             # the other files of the release, which the converter must leave alone
             Image.fromarray(np.zeros((12, 16, 4), np.uint8)).save(gt_dir / f"{name}_gtFine_color.png")
-            Image.fromarray(np.zeros((12, 16), np.uint16).astype(np.int32)).save(gt_dir / f"{name}_gtFine_instanceIds.png")
+            Image.fromarray(np.zeros((12, 16), np.uint16)).save(gt_dir / f"{name}_gtFine_instanceIds.png")
             (gt_dir / f"{name}_gtFine_polygons.json").write_text('{"imgHeight": 12, "imgWidth": 16, "objects": []}')
     return root
 

@@ -35,20 +35,36 @@ def read_sitk(path: Path) -> list[ImageData]:
     try:
         img = sitk.ReadImage(str(path))
     except Exception as e:  # noqa: BLE001
-        raise SourceReadError(f"{path.name}: unreadable ({str(e).strip().splitlines()[-1] if str(e) else e!r})")
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise SourceReadError(f"{path.name}: unreadable ({reason})") from e
     if img.GetNumberOfComponentsPerPixel() > 1:
         raise SourceReadError(f"{path.name}: vector pixels ({img.GetNumberOfComponentsPerPixel()} components) "
                               "are not supported; store channels as a 4th dimension or separate files")
     arr = sitk.GetArrayFromImage(img)
     dim = img.GetDimension()
     spacing, origin, direction = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
+    nonfinite = _nifti_nonfinite(path) if arr.dtype.kind == "f" and path.name.lower().endswith((".nii", ".nii.gz")) \
+        else None
     if dim == 4:
         d = np.asarray(direction).reshape(4, 4)[:3, :3].ravel()
-        return [ImageData(arr[c], f"{path}[channel {c}]", tuple(spacing[:3]), tuple(origin[:3]), tuple(d))
-                for c in range(arr.shape[0])]
+        return [ImageData(arr[c], f"{path}[channel {c}]", tuple(spacing[:3]), tuple(origin[:3]), tuple(d),
+                          nonfinite=nonfinite if c == 0 else None) for c in range(arr.shape[0])]
     if dim not in (2, 3):
         raise SourceReadError(f"{path.name}: {dim}D images are not supported")
-    return [ImageData(arr, str(path), tuple(spacing), tuple(origin), tuple(direction))]
+    return [ImageData(arr, str(path), tuple(spacing), tuple(origin), tuple(direction), nonfinite=nonfinite)]
+
+
+def _nifti_nonfinite(path: Path) -> tuple[int, int] | None:
+    """(NaN, inf) counts read with nibabel: SimpleITK's NIfTI reader replaces both with 0."""
+    try:
+        import nibabel as nib
+    except ImportError:  # nibabel comes with nnU-Net; without it the check is skipped
+        return None
+    data = np.asanyarray(nib.load(str(path)).dataobj)
+    if data.dtype.kind != "f":
+        return None
+    n_nan = int(np.isnan(data).sum())
+    return n_nan, int(np.isinf(data).sum())
 
 
 def read_2d(path: Path) -> ImageData:
@@ -65,7 +81,7 @@ def read_2d(path: Path) -> ImageData:
                 im = im.convert("L")
             arr = np.asarray(im)
     except Exception as e:  # noqa: BLE001
-        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})") from e
     return ImageData(arr, str(path), rgb=arr.ndim == 3)
 
 
@@ -75,7 +91,7 @@ def read_tiff(path: Path) -> ImageData:
     try:
         arr = tifffile.imread(path)
     except Exception as e:  # noqa: BLE001
-        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})") from e
     rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4
     if rgb and arr.shape[-1] == 4:
         arr = arr[..., :3]
@@ -112,7 +128,7 @@ def read_npz_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except SourceReadError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})") from e
     for key, arr in (("image", image), ("label", label)):
         if arr.ndim != 2:
             raise SourceReadError(f"{path.name}: {key!r} has shape {arr.shape}, expected a 2D slice")
@@ -132,7 +148,7 @@ def read_h5_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except SourceReadError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+        raise SourceReadError(f"{path.name}: unreadable ({type(e).__name__}: {e})") from e
     for key, arr in (("image", image), ("label", label)):
         if arr.ndim != 3:
             raise SourceReadError(f"{path.name}: {key!r} has shape {arr.shape}, expected a volume (slices, y, x)")

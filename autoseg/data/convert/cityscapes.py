@@ -61,10 +61,8 @@ def cityscapes(source: Path, *, size: str | tuple[int, int] | None = None, limit
         if not (source / sub).is_dir():
             problems.append(Problem("-", "layout", f"{source / sub} not found (expected leftImg8bit/ and gtFine/)"))
     cases: list[CaseSpec] = []
-    for split, out_split in (("train", "train"), ("val", "test")):
+    for split, out_split in (("train", "train"), ("val", "test")) if not problems else ():
         img_dir, gt_dir = source / "leftImg8bit" / split, source / "gtFine" / split
-        if problems:
-            break
         if not img_dir.is_dir() or not gt_dir.is_dir():
             problems.append(Problem("-", "layout", f"split {split!r} missing: need {img_dir} and {gt_dir}"))
             continue

@@ -28,6 +28,9 @@ class ImageData:
     origin: tuple[float, ...] | None = None
     direction: tuple[float, ...] | None = None
     rgb: bool = False
+    # (NaN, inf) counts where the reader cannot show them in ``array``: SimpleITK's NIfTI
+    # reader turns NaN and inf into 0, so nnU-Net would silently train on zeros
+    nonfinite: tuple[int, int] | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -148,7 +151,10 @@ def check_case(case: CaseSpec, labels: LabelSpec, expected_channels: int | None,
         report.dims.add(len(ref.spatial_shape))
         for im in images:
             report.dtypes.add(str(im.array.dtype))
-            if im.array.dtype.kind == "f":
+            if im.nonfinite is not None and sum(im.nonfinite):
+                add("intensity", f"{Path(im.source).name} has {im.nonfinite[0]} NaN and {im.nonfinite[1]} "
+                                 f"infinite value(s)")
+            elif im.array.dtype.kind == "f":
                 bad = ~np.isfinite(im.array)
                 if bad.any():
                     n_nan = int(np.isnan(im.array).sum())
@@ -168,7 +174,7 @@ def check_case(case: CaseSpec, labels: LabelSpec, expected_channels: int | None,
     if label is not None:
         arr = label.array
         if arr.dtype.kind == "f":
-            if not np.isfinite(arr).all():
+            if not np.isfinite(arr).all() or (label.nonfinite is not None and sum(label.nonfinite)):
                 add("label values", f"{Path(label.source).name} has NaN or infinite values")
                 arr = None
             elif not np.array_equal(arr, np.round(arr)):
