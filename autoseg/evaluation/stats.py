@@ -52,7 +52,7 @@ def pairwise_wilcoxon(scores: np.ndarray, higher_is_better: bool = True, alpha: 
         scores: ``[n_cases, n_methods]``, one value per case and method, cases paired across methods.
 
     A pair whose differences are all zero cannot differ: p = 1. The direction of a significant difference is the
-    sign of the median paired difference (with a tie broken by the mean).
+    side with the larger signed-rank sum (W+ against W-), the quantity the test itself weighs.
     """
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2:
@@ -75,9 +75,7 @@ def pairwise_wilcoxon(scores: np.ndarray, higher_is_better: bool = True, alpha: 
         p[i, j] = p[j, i] = pr
         p_holm[i, j] = p_holm[j, i] = pa
         if pa < alpha:
-            d = scores[:, i] - scores[:, j]
-            d = d[~np.isnan(d)]
-            direction = np.sign(np.median(d)) or np.sign(np.mean(d))
+            direction = _signed_rank_direction(scores[:, i] - scores[:, j])
             if not higher_is_better:
                 direction = -direction
             if direction > 0:
@@ -85,6 +83,15 @@ def pairwise_wilcoxon(scores: np.ndarray, higher_is_better: bool = True, alpha: 
             elif direction < 0:
                 better[j, i] = True
     return PairwiseTests(p, p_holm, better, alpha)
+
+
+def _signed_rank_direction(d: np.ndarray) -> int:
+    """+1 when the positive differences carry the larger Wilcoxon rank sum, -1 when the negative ones do, else 0."""
+    d = d[~np.isnan(d) & (d != 0)]
+    if d.size == 0:
+        return 0
+    r = stats.rankdata(np.abs(d))
+    return int(np.sign(r[d > 0].sum() - r[d < 0].sum()))
 
 
 @dataclass

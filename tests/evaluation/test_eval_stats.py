@@ -171,3 +171,13 @@ def test_cd_cliques_by_hand():
     assert cd_cliques([1.0, 1.5, 2.6, 4.0], 1.2) == [[0, 1], [1, 2]]
     assert cd_cliques([4.0, 1.0], 1.0) == []
     assert cd_cliques([1.0, 1.1, 1.2], 5.0) == [[0, 1, 2]]
+
+
+def test_direction_follows_the_signed_rank_sums_by_hand():
+    from autoseg.evaluation.stats import _signed_rank_direction
+
+    # differences -1, -2, +10: ranks of |d| 1, 2, 3 -> W+ = 3, W- = 3: no side; median is negative, mean positive
+    assert _signed_rank_direction(np.array([-1.0, -2.0, 10.0])) == 0
+    # -1, +2, +3: W+ = 2 + 3 = 5 > W- = 1
+    assert _signed_rank_direction(np.array([-1.0, 2.0, 3.0, 0.0])) == 1
+    assert _signed_rank_direction(np.array([0.0, np.nan])) == 0
