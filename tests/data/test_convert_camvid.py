@@ -60,12 +60,15 @@ def test_problems_name_the_cases(tmp_path):
     Image.fromarray(np.full((6, 8), 11, np.uint8)).save(base / "testannot" / "Seq05VD_f02370.png")  # all void
     (base / "train" / "Seq05VD_f00000.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((6, 8), np.uint8)).save(base / "train" / "0006R0_f00960.png")  # grey, not RGB
+    for sub in ("test", "testannot"):  # the same frame in two splits
+        (base / sub / "0001TP_006690.png").write_bytes((base / sub.replace("test", "train") / "0001TP_006690.png")
+                                                       .read_bytes())
     with pytest.raises(ConversionError) as e:
         convert("camvid", src, tmp_path / "raw")
     found = {(p.case, p.kind) for p in e.value.problems}
     assert found == {("0016E5_07961", "missing partner"), ("0001TP_006720", "label values"),
                      ("Seq05VD_f02370", "empty label"), ("Seq05VD_f00000", "unreadable"),
-                     ("0006R0_f00960", "channels")}
+                     ("0006R0_f00960", "channels"), ("0001TP_006690", "duplicate")}
 
 
 needs_real = pytest.mark.skipif(not (REAL / "CamVid").is_dir(), reason=f"{REAL} (real CamVid) not present")

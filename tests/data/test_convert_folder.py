@@ -107,6 +107,7 @@ EXPECTED_PROBLEMS = {
     ("has_inf", "intensity"),
     ("empty", "empty label"),
     ("unreadable", "unreadable"),
+    ("dup", "duplicate"),
 }
 
 
@@ -136,6 +137,8 @@ def broken(tmp_path):
     _volume_pair(src, "empty", label=np.zeros((3, 4, 5), np.uint8))
     _volume_pair(src, "unreadable")
     (src / "images" / "unreadable.nii.gz").write_bytes(b"\x1f\x8b garbage, not a NIfTI file")
+    _volume_pair(src, "dup")
+    _sitk_write(np.zeros((3, 4, 5), np.float32), src / "images" / "dup.nrrd", SPACING, ORIGIN)
     (src / "names.txt").write_text("0 background\n1 organ\n2 lesion\n")
     return src
 

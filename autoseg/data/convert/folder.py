@@ -60,7 +60,7 @@ def read_label_names(path: str | Path) -> tuple[dict[int, str], int | None]:
     return names, (ignore[0] if ignore else None)
 
 
-def _group(folder: Path) -> tuple[dict[str, dict[int, Path]], list[Path]]:
+def _group(folder: Path, problems: list[Problem]) -> tuple[dict[str, dict[int, Path]], list[Path]]:
     """case -> {channel: file}; files of unsupported types are returned separately."""
     cases: dict[str, dict[int, Path]] = {}
     other = []
@@ -72,7 +72,12 @@ def _group(folder: Path) -> tuple[dict[str, dict[int, Path]], list[Path]]:
         stem = parts[0]
         m = _CHANNEL.match(stem)
         case, ch = (m[1], int(m[2])) if m else (stem, 0)
-        cases.setdefault(case, {})[ch] = p
+        chans = cases.setdefault(case, {})
+        if ch in chans:  # e.g. case.nii.gz and case.nrrd: which one is meant?
+            problems.append(Problem(case, "duplicate", f"{chans[ch].name} and {p.name} in {folder} are the same "
+                                                       "case and channel"))
+            continue
+        chans[ch] = p
     return cases, other
 
 
@@ -95,8 +100,8 @@ def folder(source: Path, *, images_dir: str | Path | None = None, labels_dir: st
     for d in (img_dir, lab_dir):
         if not d.is_dir():
             raise ConversionError(source, [Problem("-", "layout", f"{d} is not a folder (give images_dir/labels_dir)")])
-    images, other_i = _group(img_dir)
-    label_files, other_l = _group(lab_dir)
+    images, other_i = _group(img_dir, problems)
+    label_files, other_l = _group(lab_dir, problems)
     for p in other_i + other_l:
         problems.append(Problem(p.name, "unreadable", f"{p} is not a supported image type"))
     labels: dict[str, Path] = {}
@@ -130,7 +135,7 @@ def folder(source: Path, *, images_dir: str | Path | None = None, labels_dir: st
                                                              f"{n_channels})"))
     tests: dict[str, dict[int, Path]] = {}
     if test_images_dir:
-        tests, other_t = _group(Path(test_images_dir))
+        tests, other_t = _group(Path(test_images_dir), problems)
         problems += [Problem(p.name, "unreadable", f"{p} is not a supported image type") for p in other_t]
     if limit is not None:
         names = names[:limit]
