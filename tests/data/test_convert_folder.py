@@ -92,6 +92,20 @@ def test_labels_taken_from_the_data_without_a_name_file(tmp_path):
     assert any("renumbered" in w for w in result.warnings)
 
 
+def test_rgb_and_grey_images_mixed_are_refused(tmp_path):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    for i in range(3):
+        shape = (6, 8) if i == 2 else (6, 8, 3)
+        Image.fromarray(np.zeros(shape, np.uint8)).save(src / "images" / f"street_{i}.png")
+        Image.fromarray(np.ones((6, 8), np.uint8)).save(src / "labels" / f"street_{i}.png")
+    with pytest.raises(ConversionError) as e:
+        convert("folder", src, tmp_path / "raw")
+    assert {(p.case, p.kind) for p in e.value.problems} == {("street_2", "channels")}
+    assert not (tmp_path / "raw").exists()
+
+
 # --- every validation rule of issue 5, each on its own case, all reported by one call ---
 
 EXPECTED_PROBLEMS = {

@@ -84,7 +84,7 @@ def _group(folder: Path, problems: list[Problem]) -> tuple[dict[str, dict[int, P
 @register("folder")
 def folder(source: Path, *, images_dir: str | Path | None = None, labels_dir: str | Path | None = None,
            label_names: str | Path | dict | None = None, channel_names: str | list[str] | None = None,
-           natural_image: bool = False, test_images_dir: str | Path | None = None, name: str | None = None,
+           natural_image: bool = False, test_images_dir: str | Path | None = None,
            limit: int | None = None) -> DatasetPlan:
     """Discover ``source/images`` + ``source/labels`` (or ``imagesTr``/``labelsTr``, or the given folders).
 
@@ -167,7 +167,7 @@ def folder(source: Path, *, images_dir: str | Path | None = None, labels_dir: st
                                                "the first real class of a natural image)"))
 
     plan = DatasetPlan(
-        name=name or re.sub(r"[^A-Za-z0-9_\-]", "", source.name) or "Folder", default_id=605, source=source,
+        name=re.sub(r"[^A-Za-z0-9_\-]", "", source.name) or "Folder", default_id=605, source=source,
         cases=cases, labels=LabelSpec(source_values=set(declared) if declared else None, lut=None, evaluated=[]),
         class_names={}, channel_names={}, file_ending=".nii.gz" if is_3d else ".png", natural_image=natural_image,
         problems=problems, expected_channels=None,
@@ -220,6 +220,10 @@ def _finish(plan: DatasetPlan, report, declared, ignore, channel_names) -> None:
         n_channels = sum(3 if im.rgb else 1 for im in ims)
         default = ["R", "G", "B"] if len(ims) == 1 and ims[0].rgb else [f"image{i}" if i else "image"
                                                                          for i in range(n_channels)]
+        for case, n in sorted(report.channel_counts.items()):
+            if n != n_channels:
+                report.problems.append(Problem(case, "channels", f"{n} channel(s), but {first.name} has "
+                                                                 f"{n_channels}"))
     else:
         default = ["image"]
     chans = list(channel_names) if channel_names else default

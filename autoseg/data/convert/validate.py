@@ -108,6 +108,7 @@ class ValidationReport:
     # per case: raw value -> voxels (only for cases with labels)
     per_case_counts: dict[str, dict[int, int]] = field(default_factory=dict)
     dims: set[int] = field(default_factory=set)
+    channel_counts: dict[str, int] = field(default_factory=dict)  # case -> channels read
     dtypes: set[str] = field(default_factory=set)
 
 
@@ -144,6 +145,7 @@ def check_case(case: CaseSpec, labels: LabelSpec, expected_channels: int | None,
 
     if images:
         n_channels = sum(3 if im.rgb else 1 for im in images)
+        report.channel_counts[case.name] = n_channels
         if expected_channels is not None and n_channels != expected_channels:
             add("channels", f"{n_channels} channel(s) in {', '.join(Path(im.source).name for im in images)}, "
                             f"expected {expected_channels}")
