@@ -243,6 +243,58 @@ def _reference_for(case: str, info: DatasetInfo, run: Run, preprocessed: Path | 
     return next((p for p in candidates if p.is_file()), None)
 
 
+# -------------------------------------------------------------------------------------------- training log
+
+_LOG_LINE = re.compile(r"^\S+ \S+: (?P<msg>.*?)\s*$")
+_NP_SCALAR = re.compile(r"np\.(?:float|int)\d*\(([^)]*)\)")
+
+
+def parse_training_log(paths: Sequence[Path]) -> dict[str, list[float]]:
+    """Per-epoch ``epoch``, ``train_loss``, ``val_loss`` and ``pseudo_dice`` (mean over classes) from nnU-Net's
+    ``training_log_*.txt`` files, oldest first; an epoch logged again (a resumed run) keeps its last values."""
+    epochs: dict[int, dict[str, float]] = {}
+    current = None
+    for path in sorted(paths):
+        try:
+            lines = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            m = _LOG_LINE.match(line)
+            if m is None:
+                continue
+            msg = m["msg"]
+            if msg.startswith("Epoch ") and msg[6:].strip().isdigit():
+                current = int(msg[6:])
+                epochs[current] = {}
+            elif current is None:
+                continue
+            elif msg.startswith("train_loss "):
+                epochs[current]["train_loss"] = _to_float(msg.split(None, 1)[1])
+            elif msg.startswith("val_loss "):
+                epochs[current]["val_loss"] = _to_float(msg.split(None, 1)[1])
+            elif msg.startswith("Pseudo dice "):
+                numbers = _NP_SCALAR.sub(r"\1", msg[len("Pseudo dice "):]).strip("[] ").split(",")
+                values = [_to_float(v) for v in numbers if v.strip()]
+                if values:
+                    epochs[current]["pseudo_dice"] = float(np.nanmean(values))
+    out: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "pseudo_dice": []}
+    for e in sorted(epochs):
+        if not epochs[e]:
+            continue
+        out["epoch"].append(float(e))
+        for k in ("train_loss", "val_loss", "pseudo_dice"):
+            out[k].append(epochs[e].get(k, float("nan")))
+    return out
+
+
+def _to_float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return float("nan")
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 
 

@@ -141,3 +141,36 @@ def qualitative(image: np.ndarray | None, reference: np.ndarray, predictions: di
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _png(fig)
+
+
+def training_curves(curves: dict[str, list[dict[str, list[float]]]]) -> bytes:
+    """Train loss, validation loss and nnU-Net's pseudo Dice per epoch: one colour per method, one line per fold."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    colours = plt.get_cmap("tab20")
+    keys = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("pseudo_dice", "pseudo Dice (mean)"))
+    for n, (method, folds) in enumerate(curves.items()):
+        for f, c in enumerate(folds):
+            for ax, (key, _) in zip(axes, keys):
+                ax.plot(c["epoch"], c[key], color=colours(n % 20), lw=1.0, alpha=0.85,
+                        label=method if f == 0 else None)
+    for ax, (_, title) in zip(axes, keys):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def downscale_png(data: bytes, max_width: int = 900) -> bytes:
+    """A PNG no wider than ``max_width`` (nnU-Net's progress.png is large; the report embeds one per run)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    if img.width <= max_width:
+        return data
+    img = img.resize((max_width, max(1, round(img.height * max_width / img.width))), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

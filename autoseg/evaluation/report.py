@@ -415,18 +415,36 @@ def _group_section(doc: Doc, g: GroupAnalysis, runs: Sequence[Run], preprocessed
 
 
 def _training_curves(doc: Doc, g: GroupAnalysis, runs: Sequence[Run], tag: str) -> None:
+    from autoseg.evaluation import plots
+    from autoseg.evaluation.collect import parse_training_log
+
     doc.h(2, "Training curves")
+    group_runs = [r for r in runs if r.group == g.key and r.status != "missing" and r.method in g.methods]
+    group_runs.sort(key=lambda r: (g.methods.index(r.method), _fold_sort(r.fold)))
+    curves: dict[str, list[dict]] = {}
+    for r in group_runs:
+        c = parse_training_log(list(r.path.glob("training_log_*.txt")))
+        if c["epoch"]:
+            curves.setdefault(r.method, []).append(c)
+    if curves:
+        doc.img(f"curves_{tag}", plots.training_curves(curves),
+                "Training curves from nnU-Net's training logs (one line per fold; losses are on each loss's own "
+                "scale, the pseudo Dice is comparable)")
     shown = 0
-    for m in g.methods:
-        done = sorted((r for r in runs if r.group == g.key and r.method == m and (r.path / "progress.png").is_file()),
-                      key=lambda r: (not r.fold.isdigit(), int(r.fold) if r.fold.isdigit() else 0))
-        if done:
-            doc.img(f"progress_{tag}_{m}_fold{done[0].fold}".replace("[", "_").replace("]", "").replace(",", "_")
-                    .replace("=", "-"), (done[0].path / "progress.png").read_bytes(),
-                    f"{m}, fold {done[0].fold}: nnU-Net's progress.png")
+    for r in group_runs:
+        png = r.path / "progress.png"
+        if png.is_file():
+            name = f"progress_{tag}_{r.method}_fold{r.fold}"
+            for a, b in (("[", "_"), ("]", ""), (",", "_"), ("=", "-")):
+                name = name.replace(a, b)
+            doc.img(name, plots.downscale_png(png.read_bytes()), f"{r.method}, fold {r.fold}: nnU-Net's progress.png")
             shown += 1
-    if not shown:
-        doc.p("No progress.png found in any run of this group.")
+    if not shown and not curves:
+        doc.p("No training log or progress.png found in any run of this group.")
+
+
+def _fold_sort(fold: str) -> tuple[int, int]:
+    return (0, int(fold)) if fold.isdigit() else (1, 0)
 
 
 def _qualitative(doc: Doc, g: GroupAnalysis, runs: Sequence[Run], preprocessed, raw, tag: str) -> None:

@@ -167,3 +167,28 @@ def test_references_from_summary_json_when_no_preprocessed_folder(tmp_path, monk
         for c in ("toy_000", "toy_001")]}))
     with_summary = evaluate(tree["results"], progress=None)
     assert len(with_summary.rows) == 4 and all(r["dice"] == 1.0 for r in with_summary.rows)
+
+
+def test_training_log_parsed_by_hand(tmp_path):
+    from autoseg.evaluation.collect import parse_training_log
+
+    first = tmp_path / "training_log_2026_01_01_00_00_00.txt"
+    first.write_text(
+        "2026-01-01 00:00:00.1: Epoch 0 \n"
+        "2026-01-01 00:00:00.2: Current learning rate: 0.01 \n"
+        "2026-01-01 00:00:01.3: train_loss 0.9497 \n"
+        "2026-01-01 00:00:01.4: val_loss 0.9496 \n"
+        "2026-01-01 00:00:01.5: Pseudo dice [np.float32(0.02), np.float32(0.04)] \n"
+        "2026-01-01 00:00:02.1: Epoch 1 \n"
+        "2026-01-01 00:00:03.1: train_loss 0.5 \n")
+    resumed = tmp_path / "training_log_2026_01_02_00_00_00.txt"  # a resumed run logs epoch 1 again
+    resumed.write_text(
+        "2026-01-02 00:00:00.1: Epoch 1 \n"
+        "2026-01-02 00:00:01.3: train_loss -0.25 \n"
+        "2026-01-02 00:00:01.4: val_loss -0.2 \n"
+        "2026-01-02 00:00:01.5: Pseudo dice [0.5, 0.7, nan] \n")
+    c = parse_training_log([resumed, first])
+    assert c["epoch"] == [0.0, 1.0]
+    assert c["train_loss"] == [0.9497, -0.25] and c["val_loss"] == [0.9496, -0.2]
+    assert c["pseudo_dice"] == pytest.approx([0.03, 0.6])
+    assert parse_training_log([tmp_path / "absent.txt"])["epoch"] == []

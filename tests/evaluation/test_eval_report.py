@@ -72,10 +72,11 @@ def test_outputs_are_complete_and_html_is_self_contained(report):
     res, out = report
     page = (out / "report.html").read_text()
     figures = sorted(p.stem.split("_")[0] for p in (out / "figures").glob("*.png"))
-    for kind in ("blob", "box", "cd", "progress", "qualitative", "significance"):
+    for kind in ("blob", "box", "cd", "curves", "progress", "qualitative", "significance"):
         assert kind in figures
     images = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(images) == len(list((out / "figures").glob("*.png")))
+    assert figures.count("progress") == 7  # every evaluated run's progress.png
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in page and "https://" not in page  # opens offline
@@ -92,7 +93,7 @@ def test_single_fold_still_reports(tmp_path):
     assert g.methods == ["good", "bad"] and len(g.cases) == 4
     md = (tmp_path / "r" / "report.md").read_text()
     assert "cannot reach p < 0.05" in md  # 4 cases: the statistics it supports, and says so
-    assert "No progress.png" in md and "image not found" in md
+    assert "No training log or progress.png" in md and "image not found" in md
 
 
 def test_cli_evaluate_and_report(tmp_path, capsys):
