@@ -1,0 +1,137 @@
+"""``autoseg plan_and_train``: nnU-Net planning, preprocessing, training and validation with one loss."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+
+from autoseg.cli.main import CliError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "plan_and_train", help="plan, preprocess, train and validate a loss with nnU-Net",
+        description="Import a dataset (the bundled Hippocampus sample by default), run nnU-Net's fingerprint, "
+                    "planning and preprocessing, train the chosen folds with the loss's trainer, validate, and "
+                    "print the Dice per class. Finished folds are reused; interrupted ones resume.",
+    )
+    p.add_argument("--loss", default="combo", help="registered loss or weighted sum, e.g. combo, dice+0.5*topk "
+                                                   "(see `autoseg losses`; default: combo)")
+    p.add_argument("--loss-args", default=None, metavar="K=V,...",
+                   help="hyper-parameters, e.g. alpha=0.7,beta=0.3 (lists as 1;2;3, components as topk.k=20)")
+    p.add_argument("--dataset", default=None,
+                   help="bundled name (hippocampus), nnU-Net dataset id or DatasetXXX_Name, or a raw dataset "
+                        "folder (default: the bundled hippocampus sample)")
+    p.add_argument("--config", default="3d_fullres", choices=["2d", "3d_fullres", "3d_lowres"],
+                   help="nnU-Net configuration (default: 3d_fullres)")
+    p.add_argument("--folds", default="0", help="folds to train: 0, 0-4, 0,2 or all (default: 0)")
+    p.add_argument("--budget", default=None, choices=["quick", "standard", "smoke"],
+                   help="quick: minutes on a CPU, a narrower network and short schedule (default on a CPU and "
+                        "for bundled data); standard: nnU-Net's own plan and schedule; smoke: seconds, for tests")
+    p.add_argument("--epochs", type=int, default=None, help="override the budget's number of epochs")
+    p.add_argument("--iterations", type=int, default=None, help="override the budget's iterations per epoch")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="training device (default: the best available)")
+    p.add_argument("--work-dir", default=None,
+                   help="folder for nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default: $AUTOSEG_HOME or "
+                        "~/autoseg_work); the nnUNet_* environment variables win when set")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="run nnU-Net's dataset integrity check (default: on, except for bundled data)")
+    p.add_argument("-np", "--num-processes", type=int, default=None, help="processes for preprocessing")
+    p.add_argument("--limit-cases", type=int, default=None, help=argparse.SUPPRESS)  # tests: a few bundled cases
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    return p
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to fd 1, by this process and its children, to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield os.fdopen(os.dup(saved), "w")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Before nnU-Net is imported: its final validation otherwise starts 8 export processes.
+    os.environ.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 8)))
+    from autoseg.cli._args import parse_key_values
+
+    try:
+        loss_args = parse_key_values(args.loss_args)
+    except ValueError as e:
+        raise CliError(f"--loss-args: {e}") from None
+    from autoseg.data.bundled import BUNDLED, DatasetError
+    from autoseg.losses import UnknownLossError
+    from autoseg.pipeline import PipelineError, pick_device, plan_and_train
+
+    budget = args.budget
+    if budget is None:
+        try:
+            on_cpu = pick_device(args.device).type == "cpu"
+        except PipelineError as e:
+            raise CliError(str(e)) from None
+        budget = "quick" if on_cpu or args.dataset in (None, *BUNDLED) else "standard"
+
+    def call():
+        return plan_and_train(
+            loss=args.loss, loss_args=loss_args, dataset=args.dataset, configuration=args.config,
+            folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
+            device=args.device, work_dir=args.work_dir, verify=args.verify,
+            num_processes=args.num_processes, limit_cases=args.limit_cases,
+        )
+
+    try:
+        if args.json:
+            with _stdout_to_stderr() as out:
+                result = call()
+            out.write(json.dumps(_jsonable(result.as_dict()), indent=2) + "\n")
+            out.close()
+            return 0
+        result = call()
+    except (UnknownLossError, DatasetError, PipelineError) as e:
+        raise CliError(str(e)) from None
+    except ValueError as e:  # bad hyper-parameter values and similar
+        raise CliError(str(e)) from None
+    _print_summary(result)
+    return 0
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _print_summary(result) -> None:
+    d = result.as_dict()
+    print()
+    print(f"loss {d['loss']}{' ' + json.dumps(d['loss_args']) if d['loss_args'] else ''} on {d['dataset']} "
+          f"({d['configuration']}, budget {d['budget']}, folds {', '.join(map(str, d['folds']))}, "
+          f"{d['n_validation_cases']} validation cases)")
+    width = max(len(k) for k in d["per_class_dice"]) if d["per_class_dice"] else 5
+    for name, value in d["per_class_dice"].items():
+        print(f"  Dice {name:<{width}}  {value:.4f}")
+    print(f"  mean foreground Dice {d['mean_dice']:.4f}")
+    if d["reused_folds"]:
+        print(f"  (folds {d['reused_folds']} were finished before and reused)")
+    print(f"time: {d['timings_s'].get('total', 0):.0f} s in all, planning and preprocessing "
+          f"{d['timings_s'].get('plan_and_preprocess', 0):.0f} s")
+    print(f"results: {d['output_dir']}")
+    for fold, path in d["fold_dirs"].items():
+        print(f"  fold {fold}: {path} (checkpoint_final.pth, validation/summary.json, progress.png, autoseg.json)")
+    print("nnU-Net can use these models directly, e.g.: eval \"$(autoseg nnunet-env)\" && nnUNetv2_predict "
+          f"-d {d['dataset']} -c {d['configuration']} -tr {d['trainer']} -f {' '.join(map(str, d['folds']))} -i IN -o OUT")

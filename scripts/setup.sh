@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Creates the virtual environment .venv with a PyTorch that works with nnU-Net here, then autoseg.
+#
+# Why this order: nnunetv2 pulls timm -> torchvision. pip would otherwise resolve torch on its own
+# (a multi-GB download, or a torch/torchvision pair that does not import). nnU-Net finds trainers
+# by importing all of its trainer modules, and one imports timm/torchvision: a torchvision that
+# does not import breaks `nnUNetv2_train -tr ...` and prediction. So torch and torchvision are
+# installed first, as a pair known to import together, and pinned while the rest installs.
+#
+#   AUTOSEG_TORCH="torch==X torchvision==Y"   choose another pair (e.g. a CUDA build for your GPU)
+#   VENV=path                                  where to create the environment (default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+EXTRAS=${1:-}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "autoseg setup: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+PIP=("$VPY" -m pip install --disable-pip-version-check -q)
+
+if ! "$VPY" -c "import torch, torchvision.ops" >/dev/null 2>&1; then
+  case "$(uname -m)" in
+    aarch64|arm64) default_torch="torch==2.9.1 torchvision==0.24.1" ;;  # CPU wheels on PyPI
+    *) default_torch="torch==2.14.1 torchvision==0.29.1" ;;  # runs on CPU and CUDA GPUs alike
+  esac
+  torch_spec=${AUTOSEG_TORCH:-$default_torch}
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "autoseg setup: NVIDIA GPU found; installing $torch_spec"
+  else
+    echo "autoseg setup: no NVIDIA GPU found; installing $torch_spec (it runs on the CPU)"
+  fi
+  # shellcheck disable=SC2086
+  "${PIP[@]}" $torch_spec
+else
+  echo "autoseg setup: keeping the installed $("$VPY" -c 'import torch; print("torch", torch.__version__)')"
+fi
+
+constraints="$VENV/autoseg-torch-constraints.txt"
+"$VPY" - > "$constraints" <<'PYEOF'
+import torch, torchvision
+print(f"torch=={torch.__version__}")
+print(f"torchvision=={torchvision.__version__}")
+PYEOF
+
+target="."
+[ -n "$EXTRAS" ] && target=".[$EXTRAS]"
+echo "autoseg setup: installing autoseg${EXTRAS:+ with [$EXTRAS]} and nnU-Net (torch pinned: $(tr '\n' ' ' < "$constraints"))"
+"${PIP[@]}" -c "$constraints" -e "$target"
+
+# The check that matters: nnU-Net's own trainer lookup finds a generated autoseg trainer.
+nnUNet_extTrainer="$("$VPY" -c 'from autoseg.paths import extension_trainer_dir; print(extension_trainer_dir())')" \
+  "$VPY" - <<'PYEOF'
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+import contextlib, io
+with contextlib.redirect_stdout(io.StringIO()):
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainer_autoseg_combo")
+print(f"autoseg setup: done; nnU-Net finds {cls.__name__}")
+PYEOF
+touch "$VENV/.autoseg-installed${EXTRAS:+-$EXTRAS}"

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small nnU-Net work folder with the bundled sample planned and preprocessed once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+N_CASES = 10  # bundled cases used by the end-to-end tests (2 per validation fold)
+
+
+def autoseg_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the installed ``autoseg`` command in a fresh process (the way a user does)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autoseg.cli.main", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One real ``autoseg plan_and_train`` (smoke budget, 10 bundled cases, fold 0), shared by tests."""
+    work = tmp_path_factory.mktemp("autoseg_work")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env["nnUNet_def_n_proc"] = "2"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoseg.cli.main", "plan_and_train", "--loss", "combo", "--budget", "smoke",
+         "--limit-cases", str(N_CASES), "--work-dir", str(work), "--json"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"work": work, "result": json.loads(proc.stdout), "stderr": proc.stderr, "env": env}
