@@ -199,3 +199,15 @@ def test_docstring_examples_run():
         assert result.failed == 0, f"doctest failed in {module_name}"
         tested += result.attempted
     assert tested >= len(LOSSES) - 3  # every loss function carries an example (compounds share dice_ce's)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_autocast_does_not_lower_precision(name):
+    # nnU-Net computes its loss inside autocast; no loss may let it move a sum or product to half precision.
+    logits, target = inputs(3, seed=7)
+    loss = make(name)
+    expected = loss(logits, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(logits, target)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)

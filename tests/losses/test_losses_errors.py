@@ -12,8 +12,9 @@ from autoseg.losses import UnknownLossError, build_loss, get_loss_info, list_los
 LOSSES = list_losses()
 
 
-@pytest.mark.parametrize("typo, suggestion", [("dcie", "dice"), ("tverskey", "tversky"), ("focal_tversy", "focal_tversky"),
-                                              ("lovaz", "lovasz"), ("top_k", "topk")])
+@pytest.mark.parametrize("typo, suggestion", [("dcie", "dice"), ("tverskey", "tversky"),
+                                              ("focal_tversy", "focal_tversky"), ("lovaz", "lovasz"),
+                                              ("top_k", "topk")])
 def test_unknown_name_suggests_close_names(typo, suggestion):
     with pytest.raises(UnknownLossError, match=f"unknown loss '{typo}'.*'{suggestion}'"):
         build_loss(typo)

@@ -1,1 +1,4 @@
-"""Combination losses with their own formula (Exponential logarithmic, Unified focal); weighted sums live in compound.py."""
+"""Combination losses with a formula of their own (exponential logarithmic, unified focal).
+
+Weighted sums of registered losses live in ``autoseg/losses/compound.py``.
+"""

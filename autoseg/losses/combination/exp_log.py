@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from autoseg.losses._functional import (
-    gathered_log_probabilities, masked_voxel_mean, reduce, safe_pow, select_classes, soft_counts,
-    masked_probabilities, one_hot, probabilities, valid_mask,
+    gathered_log_probabilities,
+    masked_probabilities,
+    masked_voxel_mean,
+    one_hot,
+    probabilities,
+    reduce,
+    safe_pow,
+    select_classes,
+    soft_counts,
+    valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
 from autoseg.losses.pixel.ce import _class_weights

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from autoseg.losses._functional import (
-    gathered_log_probabilities, masked_voxel_mean, reduce, safe_pow, soft_region_counts, valid_mask,
+    gathered_log_probabilities,
+    masked_voxel_mean,
+    reduce,
+    safe_pow,
+    soft_region_counts,
+    valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_probability, check_reduction
 from autoseg.losses.registry import register_loss

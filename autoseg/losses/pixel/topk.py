@@ -24,6 +24,11 @@ def _top_mean(values: torch.Tensor, n_counted: int, k: float, reduction: str) ->
     return top.sum() if reduction == "sum" else top.mean()
 
 
+def _graph_zero(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # A 0 that is still part of the graph, so backward() works when every voxel is ignored.
+    return (logits * 0).sum().to(dtype)
+
+
 def topk_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -64,12 +69,12 @@ def topk_loss(
         flat = nll.reshape(b, -1)
         counts = [flat.shape[1]] * b if mask is None else mask.reshape(b, -1).sum(1).tolist()
         return torch.stack([
-            _top_mean(flat[i], counts[i], k, "mean") if counts[i] > 0 else logits.sum() * 0
+            _top_mean(flat[i], counts[i], k, "mean") if counts[i] > 0 else _graph_zero(logits, nll.dtype)
             for i in range(b)
         ])
     n_counted = nll.numel() if mask is None else int(mask.sum())
     if n_counted == 0:
-        return (logits.sum() * 0).to(nll.dtype)
+        return _graph_zero(logits, nll.dtype)
     return _top_mean(nll.reshape(-1), n_counted, k, reduction)
 
 

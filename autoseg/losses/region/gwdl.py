@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -72,9 +72,10 @@ def gwdl_loss(
         if m.shape != (num_classes, num_classes):
             raise ValueError(f"distance_matrix is {tuple(m.shape)} but logits have {num_classes} classes")
     t = one_hot(target, num_classes, mask, probs.dtype)  # ignored voxels: all-zero rows
-    # W_n = sum_l t_n^l sum_c M[l, c] p_n^c; zero at ignored voxels (t and p are zero there).
-    mp = torch.einsum("lc,bc...->bl...", m, probs)
-    wass = (t * mp).sum(1)
+    safe = target if mask is None else torch.where(mask, target, torch.zeros_like(target))
+    # W_n = sum_c M[g_n, c] p_n^c (zero at ignored voxels, where p is zero); row lookup, no matmul, so
+    # autocast cannot move it to half precision.
+    wass = (m[safe].movedim(-1, 1) * probs).sum(1)
     alpha = m[:, 0]
     shape = (1, num_classes) + (1,) * (probs.ndim - 2)
     a = alpha.view(shape)

@@ -55,7 +55,10 @@ def robust_t_loss(
     delta2 = ((t - probs) ** 2).reshape(b, -1).sum(1).double()
     n_voxels = probs[0, 0].numel() if mask is None else mask.reshape(b, -1).sum(1)
     dim = torch.as_tensor(n_voxels * c, dtype=torch.float64, device=probs.device).expand(b)
-    log_nu = torch.as_tensor(log_nu, device=probs.device).double()
+    if isinstance(log_nu, torch.Tensor):
+        log_nu = log_nu.to(device=probs.device, dtype=torch.float64)  # differentiable: nu is learned
+    else:
+        log_nu = torch.tensor(float(log_nu), dtype=torch.float64, device=probs.device)
     nu = torch.exp(log_nu) + epsilon
     nll = (-torch.lgamma((nu + dim) / 2) + torch.lgamma(nu / 2) + dim / 2 * torch.log(math.pi * nu)
            + (nu + dim) / 2 * torch.log1p(delta2 / nu))

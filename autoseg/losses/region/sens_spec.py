@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from autoseg.losses._functional import (
-    masked_probabilities, one_hot, probabilities, reduce, select_classes, valid_mask,
+    masked_probabilities,
+    one_hot,
+    probabilities,
+    reduce,
+    select_classes,
+    valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_probability, check_reduction
 from autoseg.losses.region.dice import _RegionLoss
