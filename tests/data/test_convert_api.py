@@ -111,6 +111,13 @@ def test_unknown_kind_and_option(tmp_path):
         convert("msd", tmp_path, tmp_path, size="512x512")
     with pytest.raises(ConversionError, match="not a folder"):
         convert("camvid", tmp_path / "missing", tmp_path)
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        convert("camvid", tmp_path, tmp_path, limit=0)
+    for split in ("train", "val", "test"):
+        (tmp_path / "empty" / split).mkdir(parents=True)
+        (tmp_path / "empty" / f"{split}annot").mkdir()
+    with pytest.raises(ConversionError, match="no labelled training case"):
+        convert("camvid", tmp_path / "empty", tmp_path / "raw")
 
 
 def test_install_splits(tmp_path):

@@ -94,6 +94,9 @@ class ConversionResult:
 def discover(kind: str, source: str | Path, **options) -> DatasetPlan:
     """The converter's view of ``source`` (cases, labels, split) without reading any image."""
     fn = get_converter(kind)
+    limit = options.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
     accepted = converter_options(kind)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -109,6 +112,8 @@ def validate(plan: DatasetPlan, *, allow_empty: bool = False, progress: Callable
     report = validate_cases(plan.cases, plan.labels, expected_channels=plan.expected_channels,
                             allow_empty=allow_empty, progress=progress)
     problems = list(plan.problems) + report.problems
+    if not plan.train_cases and not problems:
+        problems.append(Problem("-", "source", f"no labelled training case found in {plan.source}"))
     if plan.on_validated is not None and not problems:
         plan.on_validated(plan, report)
         problems += report.problems
