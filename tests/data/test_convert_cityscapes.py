@@ -85,7 +85,9 @@ def test_resize_uses_nearest_neighbour_for_labels(tmp_path):
     np.testing.assert_array_equal(out, lut[cityscapes_label()[::2, ::2]])
     img = read_png(result.path / "imagesTr" / "aachen_000000_000019_0000.png")
     assert img.shape == (6, 8, 3)
-    assert json.loads((result.path / "dataset.json").read_text())["autoseg"]["resized_to"] == [8, 6]
+    block = json.loads((result.path / "dataset.json").read_text())["autoseg"]
+    assert block["resized_to"] == [8, 6]
+    assert block["conversion"]["options"] == {"size": "8x6"} and block["conversion"]["kind"] == "cityscapes"
 
 
 def test_nnunet_accepts_it(converted, tmp_path):

@@ -165,6 +165,15 @@ def convert(kind: str, source: str | Path, out: str | Path | None = None, datase
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
             raise ValueError(f"dataset name {name!r} may only hold letters, digits, '_' and '-'")
         plan.name = name
+    from autoseg import __version__
+
+    # recorded so that every dataset can be traced to the exact conversion that made it
+    plan.autoseg["conversion"] = {
+        "kind": kind, "source": str(Path(source).expanduser().resolve()), "autoseg_version": __version__,
+        "allow_empty": allow_empty,
+        "options": {k: (v if isinstance(v, (int, float, bool, type(None), list, dict)) else str(v))
+                    for k, v in sorted(options.items())},
+    }
     dataset_id = plan.default_id if dataset_id is None else int(dataset_id)
     if not 1 <= dataset_id <= 999:
         raise ValueError(f"dataset id must be 1..999, got {dataset_id}")
