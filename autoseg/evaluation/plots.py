@@ -147,12 +147,12 @@ def training_curves(curves: dict[str, list[dict[str, list[float]]]]) -> bytes:
     """Train loss, validation loss and nnU-Net's pseudo Dice per epoch: one colour per method, one line per fold."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    colours = plt.get_cmap("tab20")
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
     keys = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("pseudo_dice", "pseudo Dice (mean)"))
     for n, (method, folds) in enumerate(curves.items()):
         for f, c in enumerate(folds):
             for ax, (key, _) in zip(axes, keys):
-                ax.plot(c["epoch"], c[key], color=colours(n % 20), lw=1.0, alpha=0.85,
+                ax.plot(c["epoch"], c[key], color=colours(n % colours.N), lw=1.0, alpha=0.85,
                         label=method if f == 0 else None)
     for ax, (_, title) in zip(axes, keys):
         ax.set_title(title, fontsize=9)

@@ -110,10 +110,12 @@ class RankInterval:
 
 
 def rank_interval(boot_ranks: np.ndarray, level: float = 0.95) -> RankInterval:
-    """Median and central ``level`` percentile interval of each method's bootstrap ranks."""
+    """Median and central ``level`` percentile interval of each method's bootstrap ranks; the bounds are ranks that
+    occurred (lower and higher order statistics), never an interpolation between two ranks."""
     b = np.asarray(boot_ranks, dtype=float)
     q = (1 - level) / 2 * 100
-    return RankInterval(np.median(b, axis=0), np.percentile(b, q, axis=0), np.percentile(b, 100 - q, axis=0), level)
+    return RankInterval(np.median(b, axis=0), np.percentile(b, q, axis=0, method="lower"),
+                        np.percentile(b, 100 - q, axis=0, method="higher"), level)
 
 
 def rank_frequencies(boot_ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

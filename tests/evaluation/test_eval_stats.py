@@ -181,3 +181,14 @@ def test_direction_follows_the_signed_rank_sums_by_hand():
     # -1, +2, +3: W+ = 2 + 3 = 5 > W- = 1
     assert _signed_rank_direction(np.array([-1.0, 2.0, 3.0, 0.0])) == 1
     assert _signed_rank_direction(np.array([0.0, np.nan])) == 0
+
+
+def test_rank_interval_bounds_are_observed_ranks_by_hand():
+    # 40 resamples: rank 1 in 39, rank 2 in 1; the 97.5% point lies between the 39th and 40th sorted values (position
+    # 0.975 * 39 = 38.025): the bound is the higher one, 2, not the interpolated 1.025
+    boot = np.array([[1.0]] * 39 + [[2.0]])
+    ci = rank_interval(boot)
+    assert (ci.low[0], ci.median[0], ci.high[0]) == (1.0, 1.0, 2.0)
+    boot = np.array([[1.0]] * 20 + [[3.0]] * 20)
+    ci = rank_interval(boot)
+    assert (ci.low[0], ci.high[0]) == (1.0, 3.0) and ci.median[0] == 2.0
