@@ -38,7 +38,7 @@ def raw_result(tmp_path_factory):
 @pytest.fixture(scope="module")
 def transunet_result(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("synapse_tu")
-    src = make_synapse_transunet(tmp / "Synapse")
+    src = make_synapse_transunet(tmp / "Synapse", n_slices=12)  # > 10: slice010 must follow slice009
     return convert("synapse", src, tmp / "raw"), tmp
 
 
@@ -108,13 +108,13 @@ def test_frozen_folds_equal_nnunets_own(raw_result):
 def test_transunet_release_stacks_slices_in_order(transunet_result):
     result, _ = transunet_result
     arr, img = read_nii(result.path / "imagesTr" / "case0021_0000.nii.gz")
-    expected = np.stack([transunet_image_slice("0021", z) for z in range(3)])
+    expected = np.stack([transunet_image_slice("0021", z) for z in range(12)])
     np.testing.assert_array_equal(arr, expected)
     lab, _ = read_nii(result.path / "labelsTr" / "case0021.nii.gz")
-    np.testing.assert_array_equal(lab, np.stack([transunet_label_slice(z) for z in range(3)]).astype(np.uint8))
+    np.testing.assert_array_equal(lab, np.stack([transunet_label_slice(z) for z in range(12)]).astype(np.uint8))
     assert lab.dtype == np.uint8
     test_img, _ = read_nii(result.path / "imagesTs" / "case0001_0000.nii.gz")
-    np.testing.assert_array_equal(test_img, np.stack([transunet_image_slice("0001", z) for z in range(3)]))
+    np.testing.assert_array_equal(test_img, np.stack([transunet_image_slice("0001", z) for z in range(12)]))
     dj = json.loads((result.path / "dataset.json").read_text())
     # already clipped and scaled to [0, 1]: not nnU-Net's CT normalisation
     assert dj["channel_names"] == {"0": "zscore"}
