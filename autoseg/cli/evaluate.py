@@ -17,6 +17,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="NSD tolerance in mm, for all datasets or one; repeatable (default 2)")
     p.add_argument("--distances", choices=["auto", "always", "never"], default="auto",
                    help="compute HD95 and NSD: auto = for volumes, not for natural images")
+    p.add_argument("--workers", type=int, default=1, help="processes computing cases in parallel (default 1)")
 
 
 def parse_tolerances(values: list[str]) -> dict[str, float]:
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"results folder {args.results} does not exist")
     from autoseg.evaluation.collect import evaluate
 
-    ev = evaluate(args.results, args.out, args.preprocessed, args.raw, tolerances, args.distances)
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    ev = evaluate(args.results, args.out, args.preprocessed, args.raw, tolerances, args.distances,
+                  workers=args.workers)
     print(f"wrote {len(ev.rows)} row(s) to {ev.table_path} and the run list to {ev.runs_path}")
     return 0

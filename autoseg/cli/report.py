@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     tolerances = parse_tolerances(args.tolerance)
     if not args.results.is_dir():
         raise CliError(f"results folder {args.results} does not exist")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.bootstrap < 1:
         raise CliError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if not 0 < args.alpha < 1:
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.evaluation.report import build_report
 
     res = build_report(args.results, args.out, args.preprocessed, args.raw, tolerances, args.distances,
-                       args.bootstrap, args.seed, args.alpha)
+                       args.bootstrap, args.seed, args.alpha, workers=args.workers)
     if not res.evaluation.rows:
         print("no run could be evaluated; the report lists what was found")
     return 0

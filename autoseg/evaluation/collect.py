@@ -307,11 +307,25 @@ def tolerance_for(dataset: str, tolerances: dict[str, float] | float | None, def
     return float(tolerances.get(dataset, tolerances.get("*", default)))
 
 
+def _compute_case(pred_path: Path, ref_path: Path, labels: list[int], tolerance_mm: float, ignore_label: int | None,
+                  with_distances: bool) -> list[dict]:
+    """Metric rows of one case read from disk (top level so that worker processes can run it)."""
+    pred, _ = read_segmentation(pred_path)
+    ref, spacing = read_segmentation(ref_path)
+    if pred.shape != ref.shape:
+        raise ValueError(f"{pred_path}: shape {pred.shape} differs from its reference {ref_path} {ref.shape}")
+    rows = case_metrics(pred, ref, labels, spacing, tolerance_mm, ignore_label, with_distances)
+    for r in rows:
+        r["spacing"] = "x".join(f"{s:g}" for s in spacing)
+    return rows
+
+
 def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = None, tolerance_mm: float = 2.0,
-                 distances: str = "auto") -> list[dict]:
+                 distances: str = "auto", pool=None) -> list[dict]:
     """Rows of one finished run, reading the per-case cache in the fold folder and updating it.
 
     ``distances``: "auto" (HD95 and NSD for volumes, not for natural images), "always" or "never".
+    ``pool``: an executor whose ``map`` computes the new cases in parallel (None: in this process).
     Sets ``run.state``, ``run.n_cases`` and ``run.n_computed``.
     """
     info = load_dataset_info(run, preprocessed, raw)
@@ -337,8 +351,9 @@ def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = 
     new_cache: dict[str, dict] = {}
     rows: list[dict] = []
     identity = run.identity()
-    computed = 0
-    missing_refs = []
+    missing_refs: list[str] = []
+    todo: list[tuple[str, str, Path, Path]] = []  # (case, key, prediction, reference) to compute
+    order: list[str] = []
     for pred_path in preds:
         case = pred_path.name[: -len(ending)]
         ref_path = _reference_for(case, info, run, preprocessed, raw, summary_refs)
@@ -347,26 +362,32 @@ def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = 
             continue
         key = hashlib.sha1(json.dumps([METRICS_VERSION, tolerance_mm, with_distances, labels, info.ignore_label,
                                        _stat(pred_path), _stat(ref_path)]).encode()).hexdigest()
+        order.append(case)
         entry = cached.get(case)
         if entry is None or entry.get("key") != key:
-            pred, _ = read_segmentation(pred_path)
-            ref, spacing = read_segmentation(ref_path)
-            if pred.shape != ref.shape:
-                raise ValueError(f"{pred_path}: shape {pred.shape} differs from its reference {ref_path} {ref.shape}")
-            metric_rows = case_metrics(pred, ref, labels, spacing, tolerance_mm, info.ignore_label, with_distances)
-            for r in metric_rows:
-                r["spacing"] = "x".join(f"{s:g}" for s in spacing)
-            entry = {"key": key, "rows": metric_rows}
+            todo.append((case, key, pred_path, ref_path))
+        else:
+            new_cache[case] = entry
+    args = [(p, r, labels, tolerance_mm, info.ignore_label, with_distances) for _, _, p, r in todo]
+    if pool is not None and len(todo) > 1:
+        results = pool.map(_compute_case, *zip(*args))
+    else:
+        results = (_compute_case(*a) for a in args)
+    computed = 0
+    try:
+        for (case, key, _, _), metric_rows in zip(todo, results):
+            new_cache[case] = {"key": key, "rows": metric_rows}
             computed += 1
-        new_cache[case] = entry
-        for r in entry["rows"]:
+    finally:  # keep what was computed, even when a case fails or the user interrupts
+        if computed or set(new_cache) != set(cached):
+            try:
+                atomic_write_text(cache_path, json.dumps({"version": METRICS_VERSION, "cases": new_cache}))
+            except OSError:  # a read-only results tree still gets evaluated, just not cached
+                pass
+    for case in order:
+        for r in new_cache[case]["rows"]:
             rows.append({**identity, "case": case, "class_name": info.class_name(r["label"]),
                          "nsd_tolerance_mm": tolerance_mm if with_distances else float("nan"), **r})
-    if computed or set(new_cache) != set(cached):
-        try:
-            atomic_write_text(cache_path, json.dumps({"version": METRICS_VERSION, "cases": new_cache}))
-        except OSError:  # a read-only results tree still gets evaluated, just not cached
-            pass
     run.n_cases, run.n_computed = len(new_cache), computed
     if missing_refs:
         run.state = f"evaluated; no reference for {len(missing_refs)} case(s): {', '.join(missing_refs[:5])}"
@@ -389,11 +410,12 @@ class Evaluation:
 
 def evaluate(results: Path, out: Path | None = None, preprocessed: Path | None = None, raw: Path | None = None,
              tolerances: dict[str, float] | float | None = None, distances: str = "auto",
-             progress: Callable[[str], None] | None = print) -> Evaluation:
+             progress: Callable[[str], None] | None = print, workers: int = 1) -> Evaluation:
     """Evaluate every finished run under ``results`` and write the table (``out``) and the run list beside it.
 
     ``out`` defaults to ``<results>/autoseg_evaluation.csv``; the run list goes to ``autoseg_runs.csv`` in the same
     folder. Runs not done, missing folds and runs without predictions are in the run list with the reason.
+    ``workers`` > 1 computes the cases of a run in that many processes.
     """
     results = Path(results)
     if not results.is_dir():
@@ -404,19 +426,18 @@ def evaluate(results: Path, out: Path | None = None, preprocessed: Path | None =
     say = progress or (lambda s: None)
     rows: list[dict] = []
     say(f"found {len(runs)} fold folder(s) under {results}")
-    for i, run in enumerate(runs, 1):
-        label = f"[{i}/{len(runs)}] {run.dataset} {run.configuration} {run.method} fold {run.fold}"
-        if run.status != "done":
-            run.state = f"not evaluated: status {run.status}"
-        elif not run.fold.isdigit():
-            run.state = "not evaluated: fold_all has no held-out validation"
-        else:
-            try:
-                rows.extend(evaluate_run(run, preprocessed, raw, tolerance_for(run.dataset, tolerances), distances))
-            except (OSError, ValueError, RuntimeError) as e:
-                run.state = f"error: {e}"
-        counts = f" ({run.n_cases} cases, {run.n_computed} computed)" if run.n_cases else ""
-        say(f"{label}: {run.state}{counts}")
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent may hold torch threads
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        _evaluate_runs(runs, rows, say, preprocessed, raw, tolerances, distances, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     all_runs = runs + missing_folds(runs)
     for m in all_runs[len(runs):]:
         say(f"missing: {m.dataset} {m.configuration} {m.method} fold {m.fold}")
@@ -425,6 +446,24 @@ def evaluate(results: Path, out: Path | None = None, preprocessed: Path | None =
     runs_path = out.with_name(RUNS_NAME) if out.name == TABLE_NAME else out.with_name(out.stem + "_runs.csv")
     write_table(runs_path, [r.as_row() for r in all_runs], RUNS_TABLE_COLUMNS)
     return Evaluation(rows, all_runs, out, runs_path)
+
+
+def _evaluate_runs(runs: list[Run], rows: list[dict], say: Callable[[str], None], preprocessed, raw, tolerances,
+                   distances: str, pool) -> None:
+    for i, run in enumerate(runs, 1):
+        label = f"[{i}/{len(runs)}] {run.dataset} {run.configuration} {run.method} fold {run.fold}"
+        if run.status != "done":
+            run.state = f"not evaluated: status {run.status}"
+        elif not run.fold.isdigit():
+            run.state = "not evaluated: fold_all has no held-out validation"
+        else:
+            try:
+                rows.extend(evaluate_run(run, preprocessed, raw, tolerance_for(run.dataset, tolerances), distances,
+                                         pool))
+            except (OSError, ValueError, RuntimeError) as e:
+                run.state = f"error: {e}"
+        counts = f" ({run.n_cases} cases, {run.n_computed} computed)" if run.n_cases else ""
+        say(f"{label}: {run.state}{counts}")
 
 
 def _env_path(name: str) -> Path | None:

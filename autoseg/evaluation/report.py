@@ -259,7 +259,7 @@ class ReportResult:
 def build_report(results: Path, out: Path, preprocessed: Path | None = None, raw: Path | None = None,
                  tolerances: dict[str, float] | float | None = None, distances: str = "auto", n_boot: int = 1000,
                  seed: int = 0, alpha: float = 0.05,
-                 progress: Callable[[str], None] | None = print) -> ReportResult:
+                 progress: Callable[[str], None] | None = print, workers: int = 1) -> ReportResult:
     """Evaluate (cached) every run under ``results`` and write the report into ``out``."""
     import os
 
@@ -268,7 +268,8 @@ def build_report(results: Path, out: Path, preprocessed: Path | None = None, raw
     preprocessed = preprocessed or (Path(os.environ["nnUNet_preprocessed"]) if os.environ.get("nnUNet_preprocessed")
                                     else None)
     raw = raw or (Path(os.environ["nnUNet_raw"]) if os.environ.get("nnUNet_raw") else None)
-    ev = evaluate(results, out / "tables" / "metrics.csv", preprocessed, raw, tolerances, distances, progress)
+    ev = evaluate(results, out / "tables" / "metrics.csv", preprocessed, raw, tolerances, distances, progress,
+                  workers)
     say = progress or (lambda s: None)
     grouped: dict[GroupKey, list[dict]] = {}
     for r in ev.rows:

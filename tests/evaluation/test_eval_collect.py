@@ -192,3 +192,25 @@ def test_training_log_parsed_by_hand(tmp_path):
     assert c["train_loss"] == [0.9497, -0.25] and c["val_loss"] == [0.9496, -0.2]
     assert c["pseudo_dice"] == pytest.approx([0.03, 0.6])
     assert parse_training_log([tmp_path / "absent.txt"])["epoch"] == []
+
+
+@pytest.mark.slow  # starting worker processes imports torch and MONAI in each: ~25 s on two shared cores
+def test_worker_processes_give_the_same_table(tmp_path):
+    tree = build_tree(tmp_path, cases_per_fold=(3,), methods=("good", "bad"), missing=(), failed=(), progress_png=False)
+    parallel = evaluate(tree["results"], tmp_path / "p.csv", tree["preprocessed"], progress=None, workers=2)
+    for path in tree["results"].rglob("autoseg_metrics_cache.json"):
+        path.unlink()
+    serial = evaluate(tree["results"], tmp_path / "s.csv", tree["preprocessed"], progress=None)
+    assert sum(r.n_computed for r in parallel.runs) == sum(r.n_computed for r in serial.runs) == 6
+    assert (tmp_path / "p.csv").read_text() == (tmp_path / "s.csv").read_text()
+
+
+def test_cases_computed_before_a_failure_are_cached(tmp_path):
+    tree = build_tree(tmp_path, cases_per_fold=(3,), methods=("good",), missing=(), failed=(), progress_png=False)
+    val = tree["results"] / DATASET / "nnUNetTrainer_autoseg_good__nnUNetPlans__3d_fullres" / "fold_0" / "validation"
+    write_seg(val / "toy_002.nii.gz", np.zeros((2, 2, 2), np.uint8))  # the last case fails
+    failed = evaluate(tree["results"], preprocessed=tree["preprocessed"], progress=None)
+    assert failed.runs[0].state.startswith("error:")
+    write_seg(val / "toy_002.nii.gz", reference(2))
+    fixed = evaluate(tree["results"], preprocessed=tree["preprocessed"], progress=None)
+    assert fixed.runs[0].n_computed == 1 and fixed.runs[0].n_cases == 3
