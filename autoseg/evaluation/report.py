@@ -64,6 +64,22 @@ def _group_of(row: dict) -> GroupKey:
     return tuple(str(row[f]) for f in GROUP_FIELDS)  # type: ignore[return-value]
 
 
+def split_mismatches(rows: Sequence[dict]) -> dict[str, str]:
+    """Folds whose validation cases are not the same for every method of a group (PROTOCOL: same folds for every
+    loss), each with a short description of the difference."""
+    cases: dict[str, dict[str, set[str]]] = {}
+    for r in rows:
+        cases.setdefault(str(r["fold"]), {}).setdefault(r["method"], set()).add(r["case"])
+    out = {}
+    for fold, by_method in cases.items():
+        union = set().union(*by_method.values())
+        short = {m: sorted(union - c) for m, c in by_method.items() if c != union}
+        if short:
+            out[fold] = "; ".join(f"{m} lacks {len(v)}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
+                                  for m, v in sorted(short.items()))
+    return out
+
+
 def analyse_group(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> GroupAnalysis:
     """Paired analysis of the rows of one group (rows of :data:`autoseg.evaluation.collect.TABLE_COLUMNS`)."""
     key = _group_of(rows[0])
@@ -94,6 +110,9 @@ def analyse_group(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, alpha
     if excluded:
         g.notes.append("paired analyses use the cases every loss has; left out: "
                        + ", ".join(f"{m} {n}" for m, n in sorted(excluded.items())))
+    for fold, msg in sorted(split_mismatches(rows).items()):
+        g.notes.append(f"WARNING: the validation cases of fold {fold} differ between losses ({msg}): the losses were "
+                       "not trained on the same split, or predictions are missing")
     if len(common) == 0:
         g.notes.append("no case is shared by every loss: no paired statistics")
         return g

@@ -169,3 +169,18 @@ def test_one_loss_only(tmp_path):
     tree = build_tree(tmp_path, cases_per_fold=(3,), methods=("good",), missing=(), failed=(), progress_png=False)
     res = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=10, progress=None)
     assert res.groups[0].tests is None and (tmp_path / "r" / "report.html").exists()
+
+
+def test_different_validation_cases_in_a_fold_are_flagged(tmp_path):
+    from autoseg.evaluation.report import split_mismatches
+
+    rows = [{"fold": "0", "method": m, "case": c} for m, cs in (("a", "xyz"), ("b", "xy")) for c in cs]
+    rows += [{"fold": "1", "method": m, "case": "w"} for m in "ab"]
+    assert split_mismatches(rows) == {"0": "b lacks 1: z"}
+    tree = build_tree(tmp_path, cases_per_fold=(4,), methods=("good", "bad"), missing=(), failed=(),
+                      progress_png=False)
+    (tree["results"] / "Dataset999_Toy" / "nnUNetTrainer_autoseg_bad__nnUNetPlans__3d_fullres" / "fold_0"
+     / "validation" / "toy_001.nii.gz").unlink()
+    build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=10, progress=None)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "WARNING: the validation cases of fold 0 differ between losses (bad lacks 1: toy_001)" in md
