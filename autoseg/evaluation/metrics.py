@@ -7,8 +7,8 @@ Definitions (docs/evaluation.md has the long form):
 * ``hd95``: the maximum of the two directed 95th percentiles of boundary-voxel distances (prediction to reference
   and reference to prediction), in mm, boundary voxels being the mask minus its erosion. Computed with MONAI's
   :func:`monai.metrics.compute_hausdorff_distance` (``percentile=95``, linear interpolation between order
-  statistics). This is *not* medpy's ``hd95`` (the 95th percentile of both directions pooled), which is never
-  larger.
+  statistics). This is *not* medpy's ``hd95`` (the 95th percentile of both directions pooled), which lies
+  between the two directed percentiles.
 * ``nsd``: the normalised surface distance (surface Dice) at a tolerance ``tau`` in mm, surface-element weighted as
   DeepMind's ``surface-distance`` (MONAI's :func:`monai.metrics.compute_surface_dice` with ``use_subvoxels=True``):
   the area of each surface within ``tau`` of the other surface, over the total area of both surfaces.
