@@ -179,3 +179,19 @@ def test_pooled_iou_is_one_confusion_matrix_by_hand():
     fn = np.array([[0, 0], [2, 0]])
     iou = pooled_iou(tp, fp, fn)
     assert iou[0] == pytest.approx(4 / 7) and math.isnan(iou[1])
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 3.0])
+def test_nsd_of_shifted_disks_matches_the_arc_length_fraction(tau):
+    # two disks of radius R, centres e apart: a point at angle theta on one circle lies
+    # | sqrt(R^2 - 2 R e cos(theta) + e^2) - R | from the other; NSD is the share of arc length within tau
+    # (the same on both circles by symmetry), computed here from the geometry on a fine grid of angles
+    spacing, radius, e, n = (0.25, 0.25), 20.0, 4.0, 240
+    g = np.indices((n, n)).astype(float) * 0.25
+    c = (n - 1) / 2 * 0.25
+    a = ((g[0] - c) ** 2 + (g[1] - c) ** 2 <= radius ** 2).astype(np.uint8)
+    b = ((g[0] - c) ** 2 + (g[1] - c - e) ** 2 <= radius ** 2).astype(np.uint8)
+    theta = np.linspace(0, 2 * np.pi, 100_000, endpoint=False)
+    distance = np.abs(np.sqrt(radius ** 2 - 2 * radius * e * np.cos(theta) + e ** 2) - radius)
+    expected = float((distance <= tau).mean())
+    assert case_metrics(b, a, [1], spacing, tolerance_mm=tau)[0]["nsd"] == pytest.approx(expected, abs=0.03)
