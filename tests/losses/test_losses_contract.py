@@ -211,3 +211,15 @@ def test_autocast_does_not_lower_precision(name):
         value = loss(logits, target)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_tiny_deep_supervision_outputs(name):
+    # nnU-Net's coarsest deep-supervision outputs can be a few voxels wide; no loss may fail on them.
+    loss = make(name, ignore_index=IGNORE, batch=True)
+    for spatial in [(2, 2, 2), (1, 3, 4), (1, 1), (2, 5)]:
+        logits = torch.randn(2, C, *spatial, requires_grad=True)
+        target = torch.randint(0, C, (2, 1, *spatial))
+        value = loss(logits, target)
+        value.sum().backward()
+        assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all(), f"{name} failed at {spatial}"

@@ -13,6 +13,7 @@ import torch
 from autoseg.losses import build_loss
 
 monai_losses = pytest.importorskip("monai.losses")
+monai_ufl = pytest.importorskip("monai.losses.unified_focal_loss")
 kornia_losses = pytest.importorskip("kornia.losses")
 nnunet_loss = pytest.importorskip("nnunetv2.training.loss.compound_losses")
 
@@ -90,6 +91,24 @@ def test_gwdl_matches_monai(matrix, dim):
     ref = monai_losses.GeneralizedWassersteinDiceLoss(dist_matrix=m, weighting_mode="default", reduction="none")
     ours = build_loss("gwdl", distance_matrix=matrix, reduction="none")
     close(ours(logits, target), ref(logits, target.unsqueeze(1)).flatten())
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("delta, gamma", [(0.6, 0.5), (0.7, 0.2)])
+def test_unified_focal_parts_match_monai_binary(delta, gamma, dim):
+    # MONAI's asymmetric losses are binary and take probabilities (clipped to [1e-7, 1 - 1e-7]); its focal part
+    # averages over the 2 class channels as well (only the reference one is non-zero), hence the factor 2.
+    g = torch.Generator().manual_seed(13)
+    spatial = (7, 6) if dim == 2 else (5, 4, 6)
+    logits = torch.randn(2, 2, *spatial, generator=g) * 2
+    target = torch.randint(0, 2, (2, *spatial), generator=g)
+    probs, y = torch.softmax(logits, 1), target.unsqueeze(1)
+    focal_ref = 2 * monai_ufl.AsymmetricFocalLoss(to_onehot_y=True, delta=delta, gamma=gamma)(probs, y)
+    ft_ref = monai_ufl.AsymmetricFocalTverskyLoss(to_onehot_y=True, delta=delta, gamma=gamma)(probs, y)
+    kwargs = {"delta": delta, "gamma": gamma, "smooth": 1e-7}
+    close(build_loss("unified_focal", focal_weight=1.0, **kwargs)(logits, target), focal_ref)
+    close(build_loss("unified_focal", focal_weight=0.0, **kwargs)(logits, target), ft_ref)
+    close(build_loss("unified_focal", focal_weight=0.5, **kwargs)(logits, target), 0.5 * focal_ref + 0.5 * ft_ref)
 
 
 # ---------------------------------------------------------------------------------------------------------------

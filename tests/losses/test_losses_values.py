@@ -473,3 +473,10 @@ def test_tversky_alpha_weighs_false_negatives():
     fn_heavy = build_loss("tversky", alpha=0.9, beta=0.1)(logits, target)
     fp_heavy = build_loss("tversky", alpha=0.1, beta=0.9)(logits, target)
     assert fn_heavy > fp_heavy
+
+
+@pytest.mark.parametrize("classes", ["present", "all"])
+def test_lovasz_all_ignored_is_zero(classes):
+    # Ignored voxels sort last with error 0; with nothing counted no class may score below 0.
+    logits, target = torch.randn(2, 3, 4, 4), torch.full((2, 4, 4), IGNORE)
+    assert float(build_loss("lovasz", classes=classes, ignore_index=IGNORE)(logits, target)) == 0.0
