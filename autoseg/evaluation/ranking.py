@@ -54,17 +54,35 @@ def consensus(task_ranks: np.ndarray) -> np.ndarray:
     return rank_values(np.asarray(task_ranks, dtype=float).mean(axis=-2), higher_is_better=False, axis=-1)
 
 
+def _resample_counts(idx: np.ndarray, n_cases: int) -> np.ndarray:
+    """``[n_boot, n_cases]`` how often each case was drawn in each resample.
+
+    Statistics are computed as ``counts @ values``: the same numbers as indexing ``values[idx]``, without the
+    ``n_boot x n_cases x n_methods x n_tasks`` array (gigabytes for Cityscapes-sized validation sets).
+    """
+    idx = np.asarray(idx)
+    b = idx.shape[0]
+    flat = (np.arange(b)[:, None] * n_cases + idx).ravel()
+    return np.bincount(flat, minlength=b * n_cases).reshape(b, n_cases).astype(float)
+
+
 def mean_statistic(scores: np.ndarray, higher_is_better: Sequence[bool] | bool = True):
-    """A statistic for :func:`bootstrap_ranks`: case means of ``scores[n_cases, n_methods, n_tasks]``, oriented so
-    higher is better in every task (HD95 negated)."""
+    """A statistic for :func:`bootstrap_ranks`: case means of ``scores[n_cases, n_methods, n_tasks]`` (NaN left
+    out), oriented so higher is better in every task (HD95 negated)."""
     s = np.asarray(scores, dtype=float)
     if s.ndim == 2:
         s = s[:, :, None]
-    sign = np.where(np.broadcast_to(np.asarray(higher_is_better, bool), (s.shape[2],)), 1.0, -1.0)
-    oriented = s * sign
+    n, m, t = s.shape
+    sign = np.where(np.broadcast_to(np.asarray(higher_is_better, bool), (t,)), 1.0, -1.0)
+    oriented = (s * sign).reshape(n, m * t)
+    valid = ~np.isnan(oriented)
+    values = np.where(valid, oriented, 0.0)
 
     def stat(idx: np.ndarray) -> np.ndarray:  # idx [n_boot, n_cases] -> [n_boot, n_methods, n_tasks]
-        return np.nanmean(oriented[idx], axis=1)
+        counts = _resample_counts(idx, n)
+        total, used = counts @ values, counts @ valid
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(used > 0, total / np.where(used > 0, used, 1), np.nan).reshape(-1, m, t)
 
     return stat
 
@@ -72,12 +90,15 @@ def mean_statistic(scores: np.ndarray, higher_is_better: Sequence[bool] | bool =
 def pooled_iou_statistic(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray):
     """A statistic for :func:`bootstrap_ranks`: the dataset-level IoU per class (one confusion matrix over the
     resampled cases) of ``tp/fp/fn[n_cases, n_methods, n_classes]``."""
-    tp, fp, fn = (np.asarray(x, dtype=float) for x in (tp, fp, fn))
+    tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=float)) for x in (tp, fp, fn))
+    n, m, k = tp.shape
+    t_flat, d_flat = tp.reshape(n, -1), (tp + fp + fn).reshape(n, -1)
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        t, den = tp[idx].sum(axis=1), (tp + fp + fn)[idx].sum(axis=1)
+        counts = _resample_counts(idx, n)
+        t, den = counts @ t_flat, counts @ d_flat
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, t / np.where(den > 0, den, 1), np.nan)
+            return np.where(den > 0, t / np.where(den > 0, den, 1), np.nan).reshape(-1, m, k)
 
     return stat
 

@@ -192,3 +192,17 @@ def test_rank_interval_bounds_are_observed_ranks_by_hand():
     boot = np.array([[1.0]] * 20 + [[3.0]] * 20)
     ci = rank_interval(boot)
     assert (ci.low[0], ci.high[0]) == (1.0, 3.0) and ci.median[0] == 2.0
+
+
+def test_bootstrap_statistics_equal_indexing_the_cases():
+    rng = np.random.default_rng(5)
+    scores = rng.random((7, 3, 2))
+    scores[2, 1, 0] = np.nan  # a missing value is left out of its mean
+    idx = rng.integers(0, 7, (11, 7))
+    expected = np.nanmean(scores[idx] * np.array([1.0, -1.0]), axis=1)
+    assert mean_statistic(scores, [True, False])(idx) == pytest.approx(expected, nan_ok=True)
+    tp, fp, fn = (rng.integers(0, 5, (7, 3, 2)).astype(float) for _ in range(3))
+    t, d = tp[idx].sum(axis=1), (tp + fp + fn)[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.where(d > 0, t / d, np.nan)
+    assert pooled_iou_statistic(tp, fp, fn)(idx) == pytest.approx(pooled, nan_ok=True)
