@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,15 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+_NUMERIC = re.compile(r"^[-+\[]?[\d.]+(?:e[-+]?\d+)?(?: ± [\d.]+)?(?:, [\d.]+\])?(?: [<>])?$")
+
+
+def _td(cell: str) -> str:
+    """A table cell, right-aligned when it holds a number (or mean ± sd, or an interval)."""
+    cls = ' class="n"' if _NUMERIC.match(cell) else ""
+    return f"<td{cls}>{html.escape(cell)}</td>"
+
+
 def render(doc: Doc, out: Path, title: str) -> tuple[Path, Path]:
     """Write ``report.md`` (+ ``figures/``), ``report.html`` (images inline) and ``tables/*.csv`` under ``out``."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -208,8 +218,8 @@ def render(doc: Doc, out: Path, title: str) -> tuple[Path, Path]:
     md = [f"# {title}", ""]
     css = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
            "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
-           "th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}"
-           "td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:0.5em 0}"
+           "th,td{border:1px solid #bbb;padding:3px 7px;text-align:left}th{background:#eee}td.n{text-align:right}"
+           "img{max-width:100%;display:block;margin:0.5em 0}"
            "figcaption,.caption{font-size:0.85em;color:#555;margin-bottom:1.5em}")
     body = [f"<h1>{html.escape(title)}</h1>"]
     for block in doc.blocks:
@@ -233,8 +243,8 @@ def render(doc: Doc, out: Path, title: str) -> tuple[Path, Path]:
             body.append(f'<table data-name="{html.escape(name)}">'
                         + (f"<caption class=\"caption\">{html.escape(caption)}</caption>" if caption else "")
                         + "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>"
-                        + "<tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                                              for r in rows) + "</tbody></table>")
+                        + "<tbody>" + "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
+                        + "</tbody></table>")
         elif kind == "img":
             _, name, png, caption = block
             (out / "figures" / f"{name}.png").write_bytes(png)
