@@ -42,7 +42,9 @@ def unified_focal_loss(
                   -\delta \log p_n^{y_n} & y_n \neq 0 \end{cases}, \qquad
         L_{maFT} = \frac{1}{|C|}\Big[(1 - mTI_0) + \sum_{c \neq 0} (1 - mTI_c)^{1-\gamma}\Big]
 
-    with :math:`mTI_c = (TP_c + s) / (TP_c + \delta FN_c + (1 - \delta) FP_c + s)`. Yeung, Sala,
+    with :math:`mTI_c = (TP_c + s) / (TP_c + \delta FN_c + (1 - \delta) FP_c + s)`: δ weighs false
+    negatives (and the foreground's cross-entropy) as the paper's text and the reference code do, so
+    δ > 0.5 favours recall. Yeung, Sala,
     Schönlieb, Rundo, "Unified focal loss: generalising Dice and cross entropy-based losses to
     handle class imbalanced medical image segmentation", CMIG 2022 (arXiv:2102.04525). The
     background's focal term is suppressed (focal modulation) and the foreground's focal Tversky
