@@ -480,3 +480,13 @@ def test_lovasz_all_ignored_is_zero(classes):
     # Ignored voxels sort last with error 0; with nothing counted no class may score below 0.
     logits, target = torch.randn(2, 3, 4, 4), torch.full((2, 4, 4), IGNORE)
     assert float(build_loss("lovasz", classes=classes, ignore_index=IGNORE)(logits, target)) == 0.0
+
+
+def test_compound_strings_are_weighted_sums_of_registered_losses():
+    logits, target = _random(3)
+    compound = build_loss("tversky+0.5*topk+0.25*lovasz", context={"ignore_index": IGNORE, "batch": False},
+                          **{"topk.k": 20, "tversky.alpha": 0.6})
+    expected = (build_loss("tversky", alpha=0.6, ignore_index=IGNORE)(logits, target)
+                + 0.5 * build_loss("topk", k=20, ignore_index=IGNORE)(logits, target)
+                + 0.25 * build_loss("lovasz", batch=False, ignore_index=IGNORE)(logits, target))
+    torch.testing.assert_close(compound(logits, target), expected)
