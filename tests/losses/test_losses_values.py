@@ -258,7 +258,7 @@ def test_lovasz_matches_numpy(classes, include_background, batch, dim):
 
 
 def np_rmi(logits, target, radius, pool, ce_weight, include_background=True):
-    """Zhao et al.'s RMI (covariances normalised by the count), pooling factors dividing the sizes."""
+    """Zhao et al.'s RMI as their reference code (scatter matrices), pooling factors dividing the sizes."""
     p, t, mask = np_parts(logits, target)
     c = p.shape[1]
     spatial = p.shape[2:]
@@ -284,9 +284,10 @@ def np_rmi(logits, target, radius, pool, ce_weight, include_background=True):
             d, n = vp.shape
             vp = vp - vp.mean(1, keepdims=True)
             vt = vt - vt.mean(1, keepdims=True)
-            cov_t, cov_p, cov_tp = vt @ vt.T / n, vp @ vp.T / n, vt @ vp.T / n
-            cond = cov_t - cov_tp @ np.linalg.inv(cov_p + 5e-4 * np.eye(d)) @ cov_tp.T
-            per_class.append(0.5 * np.linalg.slogdet(cond + 5e-4 * np.eye(d))[1] / d)
+            # The reference code's scatter matrices with 5e-4 I, divided by n (minus its 0.5 log n offset).
+            scatter_t, scatter_p, scatter_tp = vt @ vt.T, vp @ vp.T, vt @ vp.T
+            cond = scatter_t - scatter_tp @ np.linalg.inv(scatter_p + 5e-4 * np.eye(d)) @ scatter_tp.T
+            per_class.append(0.5 * np.linalg.slogdet(cond + 5e-4 * np.eye(d))[1] / d - 0.5 * np.log(n))
         nll = -np.log((np_softmax(logits)[b] * t[b]).sum(0)[mask[b]])
         out.append(ce_weight * nll.mean() + (1 - ce_weight) * np.mean(per_class))
     return np.array(out)

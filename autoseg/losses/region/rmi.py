@@ -70,12 +70,14 @@ def rmi_lower_bound(
     pv = (pv - (pv * vv).sum(-1, keepdim=True) / count) * vv
     tv = (tv - (tv * vv).sum(-1, keepdim=True) / count) * vv
     d = pv.shape[2]
-    eye = torch.eye(d, dtype=pv.dtype, device=pv.device)
+    # The reference code adds _POS_ALPHA * I to scatter matrices (covariance x count); dividing both by the
+    # count gives the same gradients without its 0.5 log(count) offset, which made values depend on size.
+    reg = (_POS_ALPHA / count) * torch.eye(d, dtype=pv.dtype, device=pv.device)
     t_cov = tv @ tv.transpose(-1, -2) / count
     p_cov = pv @ pv.transpose(-1, -2) / count
     tp_cov = tv @ pv.transpose(-1, -2) / count
-    cond = t_cov - tp_cov @ torch.linalg.solve(p_cov + _POS_ALPHA * eye, tp_cov.transpose(-1, -2))
-    cond = 0.5 * (cond + cond.transpose(-1, -2)) + _POS_ALPHA * eye
+    cond = t_cov - tp_cov @ torch.linalg.solve(p_cov + reg, tp_cov.transpose(-1, -2))
+    cond = 0.5 * (cond + cond.transpose(-1, -2)) + reg
     chol = torch.linalg.cholesky_ex(cond).L  # positive definite by construction; _ex avoids a device sync
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     return (0.5 * logdet / d).to(probs.dtype)
@@ -94,8 +96,8 @@ def rmi_loss(
     r"""Region Mutual Information loss, added to cross-entropy.
 
     .. math:: L = \lambda\, L_{CE} + (1 - \lambda) \frac{1}{|C|} \sum_c \frac{1}{2d}
-              \log\det\big(\Sigma_{Y|P} + \epsilon I\big), \quad
-              \Sigma_{Y|P} = \Sigma_Y - \Sigma_{YP} (\Sigma_P + \epsilon I)^{-1} \Sigma_{YP}^T
+              \log\det\big(\Sigma_{Y|P} + \tfrac{\epsilon}{M} I\big), \quad
+              \Sigma_{Y|P} = \Sigma_Y - \Sigma_{YP} (\Sigma_P + \tfrac{\epsilon}{M} I)^{-1} \Sigma_{YP}^T
 
     Zhao, Wang, Cai, Liu, "Region mutual information loss for semantic segmentation", NeurIPS 2019
     (arXiv:1910.12037). Per class, after average-pooling by ``pool``, every cell and its
@@ -106,9 +108,13 @@ def rmi_loss(
     invariant to affine maps of the prediction (an inverted prediction scores as well as a perfect
     one), hence the cross-entropy.
 
+    M is the number of neighbourhood vectors and ε = 5e-4 (the reference code adds ε I to scatter
+    matrices, i.e. M x covariances: dividing both by M keeps its gradients exactly and drops its
+    ``0.5 log M`` offset, so values do not depend on the image size).
+
     Deviations from the reference code, each documented in docs/losses.md: probabilities are the
-    softmax (the code takes a sigmoid per channel); covariances are divided by the number of
-    vectors (the code uses raw scatter matrices, so its value shifts with the image size);
+    softmax and the added term is the softmax cross-entropy (the code takes a sigmoid per channel and
+    adds the per-channel binary cross-entropy);
     ignored voxels are left out of the pooled cells and every neighbourhood touching an all-ignored
     cell is left out of the covariances (the code zeroes them, so they still count as vectors);
     axes too short for ``pool`` are pooled less and axes with fewer than ``radius`` cells use a
