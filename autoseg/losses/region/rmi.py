@@ -44,7 +44,8 @@ def rmi_lower_bound(
     ``probs`` and ``onehot`` are ``[B, C, *spatial]``; ``mask`` ``[B, *spatial]`` marks counted voxels.
     """
     spatial = probs.shape[2:]
-    # Down-sample by ``pool`` (average), less on axes that would keep fewer than ``radius`` cells.
+    # Down-sample by ``pool`` (average, no padding: a last partial window is dropped, as the reference
+    # code), less on axes that would keep fewer than ``radius`` cells.
     factors = tuple(pool if s // pool >= radius else max(1, s // radius) for s in spatial)
     w = torch.ones_like(probs[:, :1]) if mask is None else mask.unsqueeze(1).to(probs.dtype)
     w_pooled = _pool(w, factors)
