@@ -35,9 +35,12 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
         "scipy>=1.10",
+        "h5py>=3",  # the TransUNet release of Synapse
+        "monai>=1.3",  # HD95 and normalised surface distance
+        "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "monai>=1.3", "kornia>=0.7", "h5py>=3", "ruff>=0.5"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "kornia>=0.7", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli.main:main"]},
     classifiers=[

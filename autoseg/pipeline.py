@@ -21,6 +21,7 @@ from autoseg.plans.budget import BUDGETS, Budget, add_budget_configuration
 PLANS = "nnUNetPlans"
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 N_FOLDS = 5
+SPLITS_FILE = "autoseg_splits.json"  # folds frozen by `autoseg convert`
 
 
 class PipelineError(ValueError):
@@ -92,7 +93,7 @@ class RunResult:
 
 
 def parse_folds(spec: str | int | Sequence[int], n_folds: int = N_FOLDS) -> list[int]:
-    """``"0"``, ``"0-4"``, ``"0,2"`` or ``"all"`` (every fold of the cross-validation) as a list."""
+    """``"0"``, ``"0-4"``, ``"0,2"`` or ``"all"`` (every fold of the dataset's split) as a list."""
     if isinstance(spec, int):
         folds = [spec]
     elif isinstance(spec, str):
@@ -174,11 +175,30 @@ def plan_and_preprocess(ds: ResolvedDataset, configuration: str, dirs: WorkDirs,
     return plans_file
 
 
-def ensure_splits(preprocessed_dir: Path, n_folds: int = N_FOLDS) -> list[dict]:
-    """nnU-Net's seeded 5-fold split, written once so every loss trains and validates on the same cases."""
+def planned_fold_count(ds: ResolvedDataset, preprocessed_dir: Path) -> int:
+    """How many folds the dataset's split has (nnU-Net's 5 unless a converter froze others)."""
+    for path in (preprocessed_dir / "splits_final.json", ds.raw_dir / SPLITS_FILE):
+        if path.is_file():
+            return len(json.loads(path.read_text()))
+    return N_FOLDS
+
+
+def ensure_splits(ds: ResolvedDataset, preprocessed_dir: Path, n_folds: int = N_FOLDS) -> list[dict]:
+    """Write the cross-validation split once, so every loss trains and validates on the same cases.
+
+    A split frozen by ``autoseg convert`` (``autoseg_splits.json``) is installed as it is;
+    otherwise nnU-Net's own seeded 5-fold split is drawn, exactly as nnU-Net would.
+    """
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     path = preprocessed_dir / "splits_final.json"
+    if (ds.raw_dir / SPLITS_FILE).is_file():
+        from autoseg.data.convert._write import install_splits
+
+        try:
+            install_splits(ds.raw_dir, preprocessed_dir)
+        except FileExistsError as e:
+            raise DatasetError(str(e)) from None
     if path.is_file():
         return json.loads(path.read_text())
     data_dirs = sorted(p for p in preprocessed_dir.iterdir() if p.is_dir() and p.name.startswith(PLANS))
@@ -261,13 +281,14 @@ def plan_and_train(
     budget = budget.with_schedule(epochs, iterations)
     if configuration not in CONFIGURATIONS:
         raise PipelineError(f"configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
-    fold_list = parse_folds(folds)
+    parse_folds(folds, n_folds=10**6)  # syntax errors before any work
     torch_device = pick_device(device)
     num_processes = num_processes or max(1, min(os.cpu_count() or 1, 8))
 
     dirs = resolve_work_dirs(work_dir)
     configure_nnunet(dirs)
     ds = resolve_dataset(dataset, dirs.raw, limit=limit_cases, progress=log)
+    fold_list = parse_folds(folds, planned_fold_count(ds, dirs.preprocessed / ds.name))
     if verify is None:
         verify = dataset not in (None, *BUNDLED)
     timings = {}
@@ -278,7 +299,7 @@ def plan_and_train(
         plans_file = plan_and_preprocess(ds, configuration, dirs, verify, num_processes, log)
     timings["plan_and_preprocess"] = time.time() - t0
     config_name = add_budget_configuration(plans_file, configuration, budget)
-    ensure_splits(plans_file.parent)
+    ensure_splits(ds, plans_file.parent)
     trainer_name = trainer_cls.__name__
     if loss_args or "+" in loss:  # names nnU-Net cannot derive from the registry alone
         record_variant(dirs.results, loss, loss_args)

@@ -18,7 +18,7 @@ N_CASES = 10  # bundled cases used by the end-to-end tests (2 per validation fol
 def autoseg_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the installed ``autoseg`` command in a fresh process (the way a user does)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "autoseg.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "autoseg", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
 
 
@@ -29,7 +29,7 @@ def smoke_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env["nnUNet_def_n_proc"] = "2"
     proc = subprocess.run(
-        [sys.executable, "-m", "autoseg.cli.main", "plan_and_train", "--loss", "combo", "--budget", "smoke",
+        [sys.executable, "-m", "autoseg", "plan_and_train", "--loss", "combo", "--budget", "smoke",
          "--limit-cases", str(N_CASES), "--work-dir", str(work), "--json"],
         capture_output=True, text=True, env=env, timeout=900,
     )

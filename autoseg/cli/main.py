@@ -45,4 +45,7 @@ class CliError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so that CliError is the class the sub-commands raise.
+    from autoseg.cli.main import main as _main
+
+    sys.exit(_main())

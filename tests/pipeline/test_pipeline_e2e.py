@@ -61,7 +61,7 @@ def test_nnunet_commands_find_and_use_generated_trainer(smoke_run, tmp_path):
     """`nnUNetv2_train -tr nnUNetTrainer_autoseg_dice_ce` and `nnUNetv2_predict` through nnUNet_extTrainer."""
     r = smoke_run["result"]
     env = dict(smoke_run["env"])
-    out = subprocess.run([sys.executable, "-m", "autoseg.cli.main", "nnunet-env", "--work-dir",
+    out = subprocess.run([sys.executable, "-m", "autoseg", "nnunet-env", "--work-dir",
                           str(smoke_run["work"])], capture_output=True, text=True, env=env, check=True).stdout
     for line in out.splitlines():
         key, _, value = line.removeprefix("export ").partition("=")

@@ -107,7 +107,7 @@ def test_deep_supervision_wiring_matches_nnunet(tmp_path, monkeypatch):
 
     class _CM:
         batch_dice = True
-        pool_op_kernel_sizes = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+        pool_op_kernel_sizes = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]  # 3 output scales
 
     trainer.label_manager, trainer.configuration_manager = _LM(), _CM()
     trainer.dataset_json, trainer.device, trainer.is_ddp = {}, torch.device("cpu"), False
