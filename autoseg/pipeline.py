@@ -8,9 +8,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -139,7 +140,9 @@ def plan_and_preprocess(ds: ResolvedDataset, configuration: str, dirs: WorkDirs,
                         num_processes: int, log: Callable[[str], None]) -> Path:
     """nnU-Net's fingerprint, plans and preprocessing of one configuration; each step skipped when done."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints, plan_experiments, preprocess,
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
     )
 
     pre = dirs.preprocessed / ds.name
@@ -320,7 +323,6 @@ def plan_and_train(
 
 def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name: str, fold: int, device,
                 budget: Budget, loss: str, loss_args: dict, log: Callable[[str], None]) -> FoldResult:
-    import torch
 
     t0 = time.time()
     plans = json.loads(plans_file.read_text())

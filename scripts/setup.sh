@@ -60,4 +60,14 @@ with contextlib.redirect_stdout(io.StringIO()):
     cls = recursive_find_trainer_class_by_name("nnUNetTrainer_autoseg_combo")
 print(f"autoseg setup: done; nnU-Net finds {cls.__name__}")
 PYEOF
+# The report test renders HTML in a real browser: Debian's chromium, where the system allows it.
+if [ "$EXTRAS" = "test" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "autoseg setup: installing Debian's chromium for the browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "autoseg setup: chromium could not be installed; the browser test will skip and say so"
+  else
+    echo "autoseg setup: no chromium and no root apt-get; the browser test will skip and say so"
+  fi
+fi
 touch "$VENV/.autoseg-installed${EXTRAS:+-$EXTRAS}"

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
 from autoseg.losses.registry import (
-    CATEGORIES, LossInfo, UnknownLossError, check_hyper_parameters, get_loss_info, list_losses,
+    CATEGORIES,
+    LossInfo,
+    UnknownLossError,
+    check_hyper_parameters,
+    get_loss_info,
+    list_losses,
     register_loss,
 )
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from autoseg.losses._functional import (
-    log_probabilities, masked_voxel_mean, reduce, valid_mask,
+    log_probabilities,
+    masked_voxel_mean,
+    reduce,
+    valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_probability, check_reduction
 from autoseg.losses.pixel.ce import CrossEntropyLoss

@@ -41,13 +41,16 @@ class Budget:
                 raise ValueError(f"{label} must be a positive integer, got {v!r}")
         if epochs is None and iterations is None:
             return self
+        n_epochs = epochs if epochs is not None else self.epochs or 1000
+        n_iter = iterations if iterations is not None else self.iterations_per_epoch or 250
         return replace(
             self,
-            name=f"{self.name}_e{epochs if epochs is not None else self.epochs or 1000}"
-                 f"i{iterations if iterations is not None else self.iterations_per_epoch or 250}",
-            epochs=epochs if epochs is not None else self.epochs or 1000,
-            iterations_per_epoch=iterations if iterations is not None else self.iterations_per_epoch or 250,
-            save_every=min(self.save_every or 50, epochs or self.epochs or 50),
+            name=f"{self.name}_e{n_epochs}i{n_iter}",
+            epochs=n_epochs,
+            iterations_per_epoch=n_iter,
+            # nnU-Net validates 50 batches per 250 training iterations; keep that proportion
+            val_iterations_per_epoch=self.val_iterations_per_epoch or max(1, round(n_iter / 5)),
+            save_every=min(self.save_every or 50, n_epochs),
         )
 
 

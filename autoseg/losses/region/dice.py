@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from autoseg.losses._functional import (
-    masked_probabilities, one_hot, probabilities, reduce, select_classes, soft_counts, valid_mask,
+    masked_probabilities,
+    one_hot,
+    probabilities,
+    reduce,
+    select_classes,
+    soft_counts,
+    valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
 from autoseg.losses.registry import register_loss
