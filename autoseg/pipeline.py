@@ -51,6 +51,7 @@ class RunResult:
     labels: dict[str, int]
     folds: list[FoldResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    architecture: str = "cnn"
 
     @property
     def per_class_dice(self) -> dict[str, float]:
@@ -82,6 +83,7 @@ class RunResult:
             "loss": self.loss,
             "loss_args": self.loss_args,
             "budget": self.budget,
+            "architecture": self.architecture,
             "dataset": self.dataset,
             "configuration": self.configuration,
             "trainer": self.trainer,
@@ -264,6 +266,7 @@ def plan_and_train(
     verify: bool | None = None,
     num_processes: int | None = None,
     limit_cases: int | None = None,
+    arch: str = "cnn",
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Plan, preprocess, train and validate ``loss`` on ``dataset`` with nnU-Net; see ``autoseg plan_and_train -h``.
@@ -285,6 +288,12 @@ def plan_and_train(
     if configuration not in CONFIGURATIONS:
         raise PipelineError(f"configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
     parse_folds(folds, n_folds=10**6)  # syntax errors before any work
+    from autoseg.plans.architectures import check_architecture
+
+    try:
+        check_architecture(arch)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
     torch_device = pick_device(device)
     num_processes = num_processes or max(1, min(os.cpu_count() or 1, 8))
 
@@ -301,7 +310,7 @@ def plan_and_train(
     with _env(**planning_env):
         plans_file = plan_and_preprocess(ds, configuration, dirs, verify, num_processes, log)
     timings["plan_and_preprocess"] = time.time() - t0
-    config_name = add_budget_configuration(plans_file, configuration, budget)
+    config_name = add_budget_configuration(plans_file, configuration, budget, arch=arch)
     ensure_splits(ds, plans_file.parent)
     trainer_name = trainer_cls.__name__
     if loss_args or "+" in loss:  # names nnU-Net cannot derive from the registry alone
@@ -311,18 +320,19 @@ def plan_and_train(
     run_dir = dirs.results / ds.name / f"{trainer_name}__{PLANS}__{config_name}"
     result = RunResult(ds.name, config_name, loss, loss_args, budget.name, trainer_name, str(torch_device), run_dir,
                        {k: int(v) for k, v in ds.dataset_json["labels"].items() if not isinstance(v, list)},
-                       timings=timings)
+                       timings=timings, architecture=arch)
     for i, fold in enumerate(fold_list):
         log(f"[4/4] fold {fold} ({i + 1}/{len(fold_list)}): training {trainer_name} on {config_name}, "
             f"budget {budget.name!r}, device {torch_device}")
         result.folds.append(_train_fold(quiet_cls, plans_file, ds, config_name, fold, torch_device, budget,
-                                        loss, loss_args, log))
+                                        loss, loss_args, log, arch))
     timings["total"] = time.time() - t_start
     return result
 
 
 def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name: str, fold: int, device,
-                budget: Budget, loss: str, loss_args: dict, log: Callable[[str], None]) -> FoldResult:
+                budget: Budget, loss: str, loss_args: dict, log: Callable[[str], None],
+                arch: str = "cnn") -> FoldResult:
 
     t0 = time.time()
     plans = json.loads(plans_file.read_text())
@@ -335,7 +345,7 @@ def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name:
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "loss": loss, "loss_args": loss_args, "trainer": trainer_cls.__name__, "plans": PLANS,
-        "configuration": config_name, "architecture": "cnn",
+        "configuration": config_name, "architecture": arch,
         "budget": {"name": budget.name, **budget.schedule()}, "dataset": ds.name, "fold": fold,
         "device": str(device), "natural_image": bool(ds.dataset_json.get("autoseg", {}).get("natural_image", False)),
         "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),

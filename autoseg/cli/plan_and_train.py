@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "folder (default: the bundled hippocampus sample)")
     p.add_argument("--config", default="3d_fullres", choices=["2d", "3d_fullres", "3d_lowres"],
                    help="nnU-Net configuration (default: 3d_fullres)")
+    p.add_argument("--arch", default="cnn", choices=["cnn", "cnn_resenc", "transformer"],
+                   help="network: cnn (nnU-Net's plain U-Net, narrowed by the budget), cnn_resenc (nnU-Net's "
+                        "residual-encoder U-Net), transformer (MONAI's SwinUNETR; patch rounded to multiples of 32)")
     p.add_argument("--folds", default="0", help="folds to train: 0, 0-4, 0,2 or all (default: 0)")
     p.add_argument("--budget", default=None, choices=["quick", "standard", "smoke"],
                    help="quick: minutes on a CPU, a narrower network and short schedule (default on a CPU and "
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             loss=args.loss, loss_args=loss_args, dataset=args.dataset, configuration=args.config,
             folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
             device=args.device, work_dir=args.work_dir, verify=args.verify,
-            num_processes=args.num_processes, limit_cases=args.limit_cases,
+            num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch,
         )
 
     try:

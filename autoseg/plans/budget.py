@@ -66,18 +66,29 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def budget_configuration_name(base_configuration: str, budget: Budget) -> str:
+def budget_configuration_name(base_configuration: str, budget: Budget, arch: str = "cnn") -> str:
+    if arch != "cnn":
+        return f"{base_configuration}_{budget.name}_{arch}"
     return base_configuration if budget.name == "standard" else f"{base_configuration}_{budget.name}"
 
 
-def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: str, budget: Budget) -> str:
+def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: str, budget: Budget,
+                             arch: str = "cnn") -> str:
     """Add (or refresh) the configuration ``<base>_<budget>`` to an nnU-Net plans file.
 
     The new configuration inherits from ``base_configuration`` so it reuses its preprocessed data;
     it narrows the network (features per stage capped) and sets the batch, and its ``autoseg``
     block holds the budget, which :class:`~autoseg.trainers.base.nnUNetTrainerAutoseg` applies.
     The file is rewritten atomically. Returns the configuration's name.
+
+    ``arch`` ``"cnn_resenc"`` swaps in nnU-Net's residual-encoder U-Net on the same stages;
+    ``"transformer"`` MONAI's SwinUNETR (:mod:`autoseg.plans.architectures`) with the patch rounded
+    to multiples of 32 and ``feature_size`` 12 (``max_features`` set) or 24. Both get their own
+    configuration ``<base>_<budget>_<arch>``; ``"cnn"`` is the budget's narrowed nnU-Net U-Net.
     """
+    from autoseg.plans.architectures import check_architecture, resenc_architecture, swin_architecture
+
+    check_architecture(arch)
     path = Path(plans_file)
     plans = json.loads(path.read_text())
     configs = plans["configurations"]
@@ -85,9 +96,10 @@ def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: 
         raise ValueError(
             f"configuration {base_configuration!r} is not in {path}; it has: {', '.join(configs)}"
         )
-    name = budget_configuration_name(base_configuration, budget)
+    name = budget_configuration_name(base_configuration, budget, arch)
     if name == base_configuration:
         return name
+    arch_name = arch
     base = _resolved(configs, base_configuration)
     arch = copy.deepcopy(base["architecture"])
     feats = list(arch["arch_kwargs"]["features_per_stage"])
@@ -97,9 +109,15 @@ def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: 
         feats = [min(f, budget.max_features) for f in feats]
     arch["arch_kwargs"]["features_per_stage"] = feats
     entry: dict[str, Any] = {"inherits_from": base_configuration, "architecture": arch}
+    if arch_name == "cnn_resenc":
+        entry["architecture"] = resenc_architecture(arch)
+    elif arch_name == "transformer":
+        dims = len(base["patch_size"])
+        entry["architecture"] = swin_architecture(dims, feature_size=12 if budget.max_features else 24)
+        entry["patch_size"] = transformer_patch(base["patch_size"])
     if budget.batch_size is not None:
         entry["batch_size"] = budget.batch_size
-    entry["autoseg"] = {"budget": {"name": budget.name, **budget.schedule()},
+    entry["autoseg"] = {"budget": {"name": budget.name, **budget.schedule()}, **({"architecture": arch_name} if arch_name != "cnn" else {}),
                         "budget_definition": {k: v for k, v in asdict(budget).items() if v is not None}}
     if configs.get(name) != entry:
         configs[name] = entry
@@ -108,6 +126,15 @@ def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: 
             json.dump(plans, f, indent=4)
         os.replace(tmp, path)
     return name
+
+
+def transformer_patch(patch: list[int]) -> list[int]:
+    """nnU-Net's patch rounded per axis to the nearest multiple of 32 (SwinUNETR), at least 32,
+    with at least one axis of 64 so that its 1/32 bottleneck holds more than one voxel."""
+    out = [max(32, int(round(p / 32)) * 32) for p in patch]
+    if all(p == 32 for p in out):
+        out[int(max(range(len(patch)), key=lambda i: patch[i]))] = 64
+    return out
 
 
 def _resolved(configs: dict, name: str) -> dict:

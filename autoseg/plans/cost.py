@@ -1,0 +1,251 @@
+"""Cost model of one training iteration: operations counted on a meta-device network, priced by a micro-benchmark of this machine."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+
+CONV_OPS = {torch.ops.aten.convolution, torch.ops.aten.convolution_backward}
+MATMUL_OPS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
+#: channel widths the convolution benchmark is run at; other widths are interpolated in log2
+BENCH_WIDTHS = (4, 8, 16, 32, 64, 128)
+COST_MODEL_VERSION = 1
+
+
+@dataclass
+class OpCounts:
+    """What one forward and backward pass of a network does, by kind of work."""
+
+    conv_flops: dict[str, dict[int, float]] = field(default_factory=lambda: {"2": {}, "3": {}})  # dims -> width -> flops
+    matmul_flops: float = 0.0
+    elements: float = 0.0  # elements written by every other operation (norms, activations, copies)
+    forward_elements: float = 0.0  # elements written in the forward pass: the activations kept for backward
+    parameters: int = 0
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = OpCounts()
+        self.forward = True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in CONV_OPS:
+            weight = args[1] if packet is torch.ops.aten.convolution else args[2]
+            dims = str(weight.dim() - 2)
+            width = int(min(weight.shape[0], weight.shape[1]))
+            flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
+            table = self.counts.conv_flops[dims]
+            table[width] = table.get(width, 0.0) + flops
+        elif packet in MATMUL_OPS or packet in flop_registry:
+            self.counts.matmul_flops += float(flop_registry[packet](*args, **kwargs, out_val=out))
+        else:
+            n = sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+            self.counts.elements += n
+            if self.forward:
+                self.counts.forward_elements += n
+        return out
+
+
+def count_network(network: torch.nn.Module, input_shape: tuple[int, ...]) -> OpCounts:
+    """Count one training step's work (forward, backward) of ``network`` on a batch of ``input_shape``.
+
+    Runs on PyTorch's meta device: shapes only, no arithmetic, so it takes well under a second
+    even for networks that would need minutes on this CPU.
+    """
+    net = network.to("meta")
+    counter = _Counter()
+    x = torch.empty(input_shape, device="meta")
+    with counter:
+        out = net(x)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        loss = sum(o.float().mean() for o in outs)
+        counter.forward = False
+        loss.backward()
+    counter.counts.parameters = sum(p.numel() for p in net.parameters())
+    return counter.counts
+
+
+@dataclass
+class MachineCosts:
+    """Seconds per unit of work on one device, measured by :func:`benchmark_machine`."""
+
+    device: str
+    threads: int
+    conv_s_per_flop: dict[str, dict[str, float]]  # dims -> width -> s/FLOP (forward + backward)
+    matmul_s_per_flop: float
+    s_per_element: float
+    data_s_per_voxel: dict[str, float]  # dims -> seconds of nnU-Net's augmentation per patch voxel
+    fixed_s: float  # per iteration: optimizer bookkeeping, loader, Python
+    seconds_spent: float
+    machine: str
+    torch_version: str
+    version: int = COST_MODEL_VERSION
+
+    def conv_rate(self, dims: str, width: int) -> float:
+        table = {int(k): v for k, v in self.conv_s_per_flop[dims].items()}
+        ws = sorted(table)
+        lw = math.log2(max(width, 1))
+        return float(np.interp(lw, [math.log2(w) for w in ws], [table[w] for w in ws]))
+
+    def seconds(self, counts: OpCounts, data_voxels: int, dims: int, optimizer: bool = True) -> dict[str, float]:
+        """Estimated seconds of one training iteration, by component."""
+        conv = sum(flops * self.conv_rate(d, w) for d, table in counts.conv_flops.items() for w, flops in table.items())
+        parts = {
+            "convolutions": conv,
+            "matmuls": counts.matmul_flops * self.matmul_s_per_flop,
+            # SGD with Nesterov momentum touches each parameter about 6 times per step
+            "elementwise": (counts.elements + (6 * counts.parameters if optimizer else 0)) * self.s_per_element,
+            "augmentation": data_voxels * self.data_s_per_voxel[str(dims)],
+            "fixed": self.fixed_s,
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+
+def _time(fn, repeats: int = 3, mean: bool = False) -> float:
+    """Best of ``repeats`` (kernels), or with ``mean`` the average (random augmentations)."""
+    fn()  # warm up (allocations, oneDNN kernel choice)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.mean(times)) if mean else min(times)
+
+
+def _conv_rate(dims: int, width: int, device: torch.device) -> float:
+    conv = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(width, width, 3, padding=1).to(device)
+    # about 0.15 GFLOP forward per call whatever the width, so each timing takes tens of ms
+    voxels = max(64, int(0.15e9 / (2 * 27 * width * width) if dims == 3 else 0.15e9 / (2 * 9 * width * width)))
+    side = max(4, round(voxels ** (1 / dims)))
+    x = torch.randn((1, width) + (side,) * dims, device=device, requires_grad=True)
+
+    def step():
+        conv.zero_grad(set_to_none=True)
+        conv(x).sum().backward()
+        _sync(device)
+
+    seconds = _time(step)
+    counts = count_network(_Wrap(torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d, width), tuple(x.shape))
+    flops = sum(counts.conv_flops[str(dims)].values())
+    return seconds / flops
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, conv, width):
+        super().__init__()
+        self.conv = conv(width, width, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x.requires_grad_())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _data_rate(dims: int) -> float:
+    """Seconds per voxel of nnU-Net's own training augmentation (run in the training process on a CPU)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    patch = (32, 48, 32) if dims == 3 else (128, 128)
+    ds_scales = [[1.0] * dims] + [[0.5 ** i] * dims for i in range(1, 4)]
+    rotation = (-np.pi, np.pi) if dims == 2 else (-30 / 360 * 2 * np.pi, 30 / 360 * 2 * np.pi)
+    transforms = nnUNetTrainer.get_training_transforms(patch, rotation, ds_scales, tuple(range(dims)), False,
+                                                       use_mask_for_norm=[False], foreground_labels=[1, 2])
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(size=(1, *[int(p * 1.3) for p in patch])).astype(np.float32))
+    seg = torch.from_numpy(rng.integers(0, 3, size=(1, *[int(p * 1.3) for p in patch])).astype(np.int16))
+
+    def step():
+        # nnU-Net's loader crops a patch first; the transforms then work on the patch
+        sl = (slice(None),) + tuple(slice(0, p) for p in patch)
+        transforms(**{"image": image[sl].clone(), "segmentation": seg[sl].clone()})
+
+    return _time(step, repeats=8, mean=True) / float(np.prod(patch))
+
+
+def benchmark_machine(device: str = "cpu") -> MachineCosts:
+    """Measure convolution, matmul, element-wise and augmentation speed of ``device`` (a few seconds)."""
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    conv = {str(d): {str(w): _conv_rate(d, w, dev) for w in BENCH_WIDTHS} for d in (2, 3)}
+    a = torch.randn(4096, 256, device=dev, requires_grad=True)
+    lin = torch.nn.Linear(256, 256).to(dev)
+    mm_s = _time(lambda: (lin(a).sum().backward(), _sync(dev)))
+    mm_rate = mm_s / (3 * 2 * 4096 * 256 * 256)
+    norm = torch.nn.Sequential(torch.nn.InstanceNorm3d(16, affine=True), torch.nn.LeakyReLU(inplace=True)).to(dev)
+    x = torch.randn(2, 16, 32, 32, 32, device=dev, requires_grad=True)
+    ew_s = _time(lambda: (norm(x * 1.0).sum().backward(), _sync(dev)))
+    ew_counts = count_network(_ElementwiseProbe(), tuple(x.shape))
+    data = {str(d): _data_rate(d) for d in (2, 3)}
+    return MachineCosts(
+        device=device, threads=torch.get_num_threads(), conv_s_per_flop=conv, matmul_s_per_flop=mm_rate,
+        s_per_element=ew_s / max(ew_counts.elements, 1.0), data_s_per_voxel=data,
+        fixed_s=0.01 if device == "cpu" else 0.005, seconds_spent=round(time.perf_counter() - t0, 2),
+        machine=platform.node(), torch_version=torch.__version__,
+    )
+
+
+class _ElementwiseProbe(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.InstanceNorm3d(16, affine=True), torch.nn.LeakyReLU(inplace=True))
+
+    def forward(self, x):
+        return self.body(x.requires_grad_() * 1.0)
+
+
+def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = None, refresh: bool = False,
+                  log=None) -> MachineCosts:
+    """The micro-benchmark of this machine, cached in ``cache_dir`` per host, device, threads and torch."""
+    threads = torch.get_num_threads()
+    key = f"autoseg_machine_{platform.node()}_{device}_{threads}t_v{COST_MODEL_VERSION}.json"
+    path = Path(cache_dir) / key if cache_dir is not None else None
+    if path is not None and path.is_file() and not refresh:
+        data = json.loads(path.read_text())
+        if data.get("torch_version") == torch.__version__:
+            return MachineCosts(**data)
+    if log:
+        log(f"measuring this machine ({device}, {threads} threads): convolution, matmul and augmentation speed")
+    costs = benchmark_machine(device)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autoseg_machine.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(costs), f, indent=2)
+        os.replace(tmp, path)
+    return costs
+
+
+def estimate(costs: MachineCosts, network: torch.nn.Module, batch_size: int, patch_size: list[int],
+             in_channels: int = 1) -> dict[str, Any]:
+    """Estimated seconds per training iteration and memory of ``network`` at ``batch_size`` x ``patch_size``."""
+    counts = count_network(network, (batch_size, in_channels, *patch_size))
+    dims = len(patch_size)
+    voxels = int(batch_size * np.prod(patch_size))
+    parts = costs.seconds(counts, voxels * in_channels, dims)
+    # float32: saved activations (about the forward outputs) plus weights, gradients, momentum
+    memory = 4 * (counts.forward_elements + 3 * counts.parameters)
+    return {"seconds_per_iteration": parts["total"], "seconds_by_part": parts, "memory_bytes": memory,
+            "parameters": counts.parameters, "conv_gflops": sum(sum(t.values()) for t in counts.conv_flops.values()) / 1e9,
+            "matmul_gflops": counts.matmul_flops / 1e9}
