@@ -130,8 +130,8 @@ def format_plan(summary: dict[str, Any]) -> str:
             f"  parameters          {c['parameters'] / 1e6:.2f} M",
             f"  memory (estimated)  {c['estimated_memory_bytes'] / 2**30:.2f} GiB",
             f"  time per iteration  {c['estimated_seconds_per_iteration']:.3f} s (convolutions {parts['convolutions']:.3f}, "
-            f"matmuls {parts['matmuls']:.3f}, element-wise {parts['elementwise']:.3f}, augmentation "
-            f"{parts['augmentation']:.3f}, fixed {parts['fixed']:.3f})",
+            f"matmuls {parts['matmuls']:.3f}, softmax {parts['softmax']:.3f}, element-wise {parts['elementwise']:.3f}, augmentation "
+            f"{parts['augmentation']:.3f}, per-operation overhead {parts['per_operation']:.3f}, fixed {parts['fixed']:.3f})",
             f"  schedule            {c['epochs']} epochs x {c['iterations_per_epoch']} iterations = {c['iterations']} "
             f"(validation {c['val_iterations_per_epoch']} per epoch)",
             f"  time per run        {_fmt_s(c['estimated_seconds_per_run'])} (training plus start-up and validation)",

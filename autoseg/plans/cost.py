@@ -20,9 +20,13 @@ from torch.utils.flop_counter import flop_registry
 
 CONV_OPS = {torch.ops.aten.convolution, torch.ops.aten.convolution_backward}
 MATMUL_OPS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
+SOFTMAX_OPS = {torch.ops.aten._softmax, torch.ops.aten._softmax_backward_data, torch.ops.aten._log_softmax,
+               torch.ops.aten._log_softmax_backward_data}
 #: channel widths the convolution benchmark is run at; other widths are interpolated in log2
 BENCH_WIDTHS = (4, 8, 16, 32, 64, 128)
-COST_MODEL_VERSION = 1
+#: narrowest matrix dimension the matmul benchmark is run at (attention heads are 4 to 32 wide)
+MATMUL_WIDTHS = (4, 8, 16, 32, 64, 256)
+COST_MODEL_VERSION = 3
 
 
 @dataclass
@@ -30,9 +34,11 @@ class OpCounts:
     """What one forward and backward pass of a network does, by kind of work."""
 
     conv_flops: dict[str, dict[int, float]] = field(default_factory=lambda: {"2": {}, "3": {}})  # dims -> width -> flops
-    matmul_flops: float = 0.0
+    matmul_flops: dict[int, float] = field(default_factory=dict)  # narrowest dimension -> flops
+    softmax_elements: float = 0.0  # softmax is several passes (max, exp, sum, divide) over its input
     elements: float = 0.0  # elements written by every other operation (norms, activations, copies)
     forward_elements: float = 0.0  # elements written in the forward pass: the activations kept for backward
+    operations: int = 0  # every aten call: each costs dispatcher and Python time however small
     parameters: int = 0
 
 
@@ -45,6 +51,7 @@ class _Counter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self.counts.operations += 1
         packet = func._overloadpacket
         if packet in CONV_OPS:
             weight = args[1] if packet is torch.ops.aten.convolution else args[2]
@@ -54,8 +61,16 @@ class _Counter(TorchDispatchMode):
             table = self.counts.conv_flops[dims]
             table[width] = table.get(width, 0.0) + flops
         elif packet in MATMUL_OPS or packet in flop_registry:
-            self.counts.matmul_flops += float(flop_registry[packet](*args, **kwargs, out_val=out))
-        else:
+            flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
+            if packet in MATMUL_OPS:
+                a, b = (args[1], args[2]) if packet in (torch.ops.aten.addmm, torch.ops.aten.baddbmm) else args[:2]
+                width = int(min(a.shape[-2], a.shape[-1], b.shape[-1]))
+            else:  # fused attention and the like
+                width = 64
+            self.counts.matmul_flops[width] = self.counts.matmul_flops.get(width, 0.0) + flops
+        elif packet in SOFTMAX_OPS:
+            self.counts.softmax_elements += sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        elif not getattr(func, "is_view", False):  # a view writes nothing
             n = sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
             self.counts.elements += n
             if self.forward:
@@ -82,6 +97,13 @@ def count_network(network: torch.nn.Module, input_shape: tuple[int, ...]) -> OpC
     return counter.counts
 
 
+def _interp(rates: dict[str, float], width: int) -> float:
+    """Rate at ``width``, interpolated in log2 between the benchmarked widths (the ends held)."""
+    table = {int(k): v for k, v in rates.items()}
+    ws = sorted(table)
+    return float(np.interp(math.log2(max(width, 1)), [math.log2(w) for w in ws], [table[w] for w in ws]))
+
+
 @dataclass
 class MachineCosts:
     """Seconds per unit of work on one device, measured by :func:`benchmark_machine`."""
@@ -89,8 +111,10 @@ class MachineCosts:
     device: str
     threads: int
     conv_s_per_flop: dict[str, dict[str, float]]  # dims -> width -> s/FLOP (forward + backward)
-    matmul_s_per_flop: float
+    matmul_s_per_flop: dict[str, float]  # narrowest dimension -> s/FLOP (forward + backward)
+    s_per_softmax_element: float
     s_per_element: float
+    s_per_operation: float
     data_s_per_voxel: dict[str, float]  # dims -> seconds of nnU-Net's augmentation per patch voxel
     fixed_s: float  # per iteration: optimizer bookkeeping, loader, Python
     seconds_spent: float
@@ -99,20 +123,23 @@ class MachineCosts:
     version: int = COST_MODEL_VERSION
 
     def conv_rate(self, dims: str, width: int) -> float:
-        table = {int(k): v for k, v in self.conv_s_per_flop[dims].items()}
-        ws = sorted(table)
-        lw = math.log2(max(width, 1))
-        return float(np.interp(lw, [math.log2(w) for w in ws], [table[w] for w in ws]))
+        return _interp(self.conv_s_per_flop[dims], width)
+
+    def matmul_rate(self, width: int) -> float:
+        return _interp(self.matmul_s_per_flop, width)
+
 
     def seconds(self, counts: OpCounts, data_voxels: int, dims: int, optimizer: bool = True) -> dict[str, float]:
         """Estimated seconds of one training iteration, by component."""
         conv = sum(flops * self.conv_rate(d, w) for d, table in counts.conv_flops.items() for w, flops in table.items())
         parts = {
             "convolutions": conv,
-            "matmuls": counts.matmul_flops * self.matmul_s_per_flop,
+            "matmuls": sum(f * self.matmul_rate(w) for w, f in counts.matmul_flops.items()),
+            "softmax": counts.softmax_elements * self.s_per_softmax_element,
             # SGD with Nesterov momentum touches each parameter about 6 times per step
             "elementwise": (counts.elements + (6 * counts.parameters if optimizer else 0)) * self.s_per_element,
             "augmentation": data_voxels * self.data_s_per_voxel[str(dims)],
+            "per_operation": counts.operations * self.s_per_operation,
             "fixed": self.fixed_s,
         }
         parts["total"] = sum(parts.values())
@@ -132,10 +159,15 @@ def _time(fn, repeats: int = 3, mean: bool = False) -> float:
 
 def _conv_rate(dims: int, width: int, device: torch.device) -> float:
     conv = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(width, width, 3, padding=1).to(device)
-    # about 0.15 GFLOP forward per call whatever the width, so each timing takes tens of ms
-    voxels = max(64, int(0.15e9 / (2 * 27 * width * width) if dims == 3 else 0.15e9 / (2 * 9 * width * width)))
-    side = max(4, round(voxels ** (1 / dims)))
-    x = torch.randn((1, width) + (side,) * dims, device=device, requires_grad=True)
+    # Speed depends on the tensor's size as much as on the width: measure each width at the size
+    # it has in a U-Net, where each halving of the resolution doubles the width (a 3D stage of
+    # width 16 sees about 2 x 40x56x40 voxels, of width 32 an eighth of that).
+    if dims == 3:
+        voxels = min(160_000, 160_000 * (16 / width) ** 3)
+    else:
+        voxels = min(256_000, 72_000 * (32 / width) ** 2)
+    side = max(4, round((voxels / 2) ** (1 / dims)))
+    x = torch.randn((2, width) + (side,) * dims, device=device, requires_grad=True)
 
     def step():
         conv.zero_grad(set_to_none=True)
@@ -189,21 +221,51 @@ def benchmark_machine(device: str = "cpu") -> MachineCosts:
     dev = torch.device(device)
     torch.manual_seed(0)
     conv = {str(d): {str(w): _conv_rate(d, w, dev) for w in BENCH_WIDTHS} for d in (2, 3)}
-    a = torch.randn(4096, 256, device=dev, requires_grad=True)
-    lin = torch.nn.Linear(256, 256).to(dev)
-    mm_s = _time(lambda: (lin(a).sum().backward(), _sync(dev)))
-    mm_rate = mm_s / (3 * 2 * 4096 * 256 * 256)
+    mm = {str(w): _matmul_rate(w, dev) for w in MATMUL_WIDTHS}
+    # 7x7x7 windows of Swin attention; as large as in training (tens of millions of scores), past the caches
+    att = torch.randn(96, 343, 343, device=dev, requires_grad=True)
+    grad = torch.randn_like(att)
+    sm_s = _time(lambda: (torch.softmax(att, -1).backward(grad), _sync(dev)))
+    sm_elements = 2 * att.numel()  # forward and backward each write one tensor of that size
     norm = torch.nn.Sequential(torch.nn.InstanceNorm3d(16, affine=True), torch.nn.LeakyReLU(inplace=True)).to(dev)
-    x = torch.randn(2, 16, 32, 32, 32, device=dev, requires_grad=True)
+    x = torch.randn(2, 16, 48, 64, 48, device=dev, requires_grad=True)  # activations of a U-Net's first stage
     ew_s = _time(lambda: (norm(x * 1.0).sum().backward(), _sync(dev)))
     ew_counts = count_network(_ElementwiseProbe(), tuple(x.shape))
     data = {str(d): _data_rate(d) for d in (2, 3)}
+    op_probe = _OperationProbe()
+    small = torch.randn(2, 8, device=dev)
+    op_s = _time(lambda: (op_probe(small).sum().backward(), _sync(dev)), repeats=5)
+    op_counts = count_network(_OperationProbe(), tuple(small.shape))
     return MachineCosts(
-        device=device, threads=torch.get_num_threads(), conv_s_per_flop=conv, matmul_s_per_flop=mm_rate,
-        s_per_element=ew_s / max(ew_counts.elements, 1.0), data_s_per_voxel=data,
+        device=device, threads=torch.get_num_threads(), conv_s_per_flop=conv, matmul_s_per_flop=mm,
+        s_per_softmax_element=sm_s / sm_elements,
+        s_per_element=ew_s / max(ew_counts.elements, 1.0), s_per_operation=op_s / op_counts.operations,
+        data_s_per_voxel=data,
         fixed_s=0.01 if device == "cpu" else 0.005, seconds_spent=round(time.perf_counter() - t0, 2),
         machine=platform.node(), torch_version=torch.__version__,
     )
+
+
+def _matmul_rate(width: int, device: torch.device) -> float:
+    """s/FLOP of batched (343 x w) @ (w x 343) products, forward and backward: window attention's shape."""
+    n = max(1, int(0.1e9 / (2 * 343 * 343 * width)))
+    a = torch.randn(n, 343, width, device=device, requires_grad=True)
+    b = torch.randn(n, width, 343, device=device, requires_grad=True)
+    seconds = _time(lambda: (torch.bmm(a, b).sum().backward(), _sync(device)))
+    return seconds / (3 * 2 * n * 343 * 343 * width)
+
+
+class _OperationProbe(torch.nn.Module):
+    """Hundreds of operations on a few numbers: what each call costs beyond its arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        for _ in range(100):
+            x = torch.nn.functional.gelu(x * self.w + 1.0).transpose(0, 1).contiguous().transpose(0, 1)
+        return x
 
 
 class _ElementwiseProbe(torch.nn.Module):
@@ -248,4 +310,4 @@ def estimate(costs: MachineCosts, network: torch.nn.Module, batch_size: int, pat
     memory = 4 * (counts.forward_elements + 3 * counts.parameters)
     return {"seconds_per_iteration": parts["total"], "seconds_by_part": parts, "memory_bytes": memory,
             "parameters": counts.parameters, "conv_gflops": sum(sum(t.values()) for t in counts.conv_flops.values()) / 1e9,
-            "matmul_gflops": counts.matmul_flops / 1e9}
+            "matmul_gflops": sum(counts.matmul_flops.values()) / 1e9}

@@ -28,7 +28,8 @@ from autoseg.plans.planner import (
 def fake_costs(conv=2e-11, element=3e-10, data=1e-8) -> MachineCosts:
     """A machine with fixed, known speeds (no benchmark), so plans are deterministic."""
     return MachineCosts(device="cpu", threads=1, conv_s_per_flop={d: {"8": 2 * conv, "64": conv} for d in ("2", "3")},
-                        matmul_s_per_flop=conv, s_per_element=element, data_s_per_voxel={"2": data, "3": data},
+                        matmul_s_per_flop={"4": 4 * conv, "64": conv}, s_per_softmax_element=element,
+                        s_per_element=element, s_per_operation=1e-6, data_s_per_voxel={"2": data, "3": data},
                         fixed_s=0.01, seconds_spent=0.0, machine="test", torch_version=torch.__version__)
 
 
@@ -241,6 +242,7 @@ def test_seconds_are_the_priced_counts():
     assert math.isclose(parts["convolutions"], flops * 2e-11)
     assert math.isclose(parts["elementwise"], (counts.elements + 6 * counts.parameters) * 1e-9)
     assert math.isclose(parts["augmentation"], 512 * 1e-8)
+    assert math.isclose(parts["per_operation"], counts.operations * 1e-6) and counts.operations > 4
     assert math.isclose(parts["total"], sum(v for k, v in parts.items() if k != "total"))
     # log-linear interpolation between benchmarked widths
     assert math.isclose(costs.conv_rate("3", 16 * 2 ** 0.5 * 2 ** 0.5 // 1), costs.conv_rate("3", 32))
