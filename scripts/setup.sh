@@ -41,9 +41,11 @@ fi
 
 constraints="$VENV/autoseg-torch-constraints.txt"
 "$VPY" - > "$constraints" <<'PYEOF'
-import torch, torchvision
-print(f"torch=={torch.__version__}")
-print(f"torchvision=={torchvision.__version__}")
+# The installed distributions' versions (torch.__version__ may carry a local tag such as +cu130
+# that the wheel's metadata does not, and pip compares metadata).
+from importlib.metadata import version
+print(f"torch=={version('torch')}")
+print(f"torchvision=={version('torchvision')}")
 PYEOF
 
 target="."
