@@ -52,6 +52,7 @@ class RunResult:
     folds: list[FoldResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     architecture: str = "cnn"
+    plan: dict[str, Any] | None = None  # what the planner chose, its estimate and the overrides
 
     @property
     def per_class_dice(self) -> dict[str, float]:
@@ -84,6 +85,7 @@ class RunResult:
             "loss_args": self.loss_args,
             "budget": self.budget,
             "architecture": self.architecture,
+            "plan": self.plan,
             "dataset": self.dataset,
             "configuration": self.configuration,
             "trainer": self.trainer,
@@ -267,6 +269,7 @@ def plan_and_train(
     num_processes: int | None = None,
     limit_cases: int | None = None,
     arch: str = "cnn",
+    plan: Any = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Plan, preprocess, train and validate ``loss`` on ``dataset`` with nnU-Net; see ``autoseg plan_and_train -h``.
@@ -274,6 +277,11 @@ def plan_and_train(
     Finished folds (``checkpoint_final.pth`` and ``validation/summary.json`` present) are not
     retrained; an interrupted fold resumes from its latest checkpoint. Each fold folder gets an
     ``autoseg.json`` recording the loss, its hyper-parameters, the budget and the status.
+
+    ``plan`` (an :class:`autoseg.plans.planner.PlanRequest`: time budget, memory, overrides)
+    replaces the preset ``budget``: the planner chooses patch, batch, network and schedule for
+    this machine, as ``autoseg plan`` does, and the fold's ``autoseg.json`` records the plan,
+    its estimate and every override.
     """
     t_start = time.time()
     from autoseg.trainers.factory import make_trainer_class, record_variant
@@ -285,6 +293,9 @@ def plan_and_train(
             raise PipelineError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
         budget = BUDGETS[budget]
     budget = budget.with_schedule(epochs, iterations)
+    if plan is not None and (epochs is not None or iterations is not None):
+        raise PipelineError("--epochs/--iterations set the schedule of a preset budget; with a planned run "
+                            "(--time-budget or overrides) the planner sets it")
     if configuration not in CONFIGURATIONS:
         raise PipelineError(f"configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
     parse_folds(folds, n_folds=10**6)  # syntax errors before any work
@@ -310,7 +321,12 @@ def plan_and_train(
     with _env(**planning_env):
         plans_file = plan_and_preprocess(ds, configuration, dirs, verify, num_processes, log)
     timings["plan_and_preprocess"] = time.time() - t0
-    config_name = add_budget_configuration(plans_file, configuration, budget, arch=arch)
+    plan_record = None
+    if plan is None:
+        config_name = add_budget_configuration(plans_file, configuration, budget, arch=arch)
+    else:
+        config_name, budget, plan_record = _add_planned_configuration(plans_file, configuration, plan, arch, ds,
+                                                                      torch_device, dirs, log)
     ensure_splits(ds, plans_file.parent)
     trainer_name = trainer_cls.__name__
     if loss_args or "+" in loss:  # names nnU-Net cannot derive from the registry alone
@@ -320,19 +336,56 @@ def plan_and_train(
     run_dir = dirs.results / ds.name / f"{trainer_name}__{PLANS}__{config_name}"
     result = RunResult(ds.name, config_name, loss, loss_args, budget.name, trainer_name, str(torch_device), run_dir,
                        {k: int(v) for k, v in ds.dataset_json["labels"].items() if not isinstance(v, list)},
-                       timings=timings, architecture=arch)
+                       timings=timings, architecture=arch, plan=plan_record)
     for i, fold in enumerate(fold_list):
         log(f"[4/4] fold {fold} ({i + 1}/{len(fold_list)}): training {trainer_name} on {config_name}, "
             f"budget {budget.name!r}, device {torch_device}")
         result.folds.append(_train_fold(quiet_cls, plans_file, ds, config_name, fold, torch_device, budget,
-                                        loss, loss_args, log, arch))
+                                        loss, loss_args, log, arch, plan_record))
     timings["total"] = time.time() - t_start
     return result
 
 
+def _add_planned_configuration(plans_file: Path, configuration: str, request, arch: str, ds: ResolvedDataset,
+                               device, dirs: WorkDirs, log: Callable[[str], None]) -> tuple[str, Budget, dict]:
+    """Run the budget-aware planner and add its configuration, named after what it chose (so a
+    different plan never reuses another plan's finished folds)."""
+    import dataclasses
+    import hashlib
+
+    from autoseg.plans.cost import machine_costs
+    from autoseg.plans.planner import configuration_entry, plan_configuration
+
+    request = dataclasses.replace(request, arch=arch, device="cuda" if device.type == "cuda" else "cpu")
+    plans = json.loads(plans_file.read_text())
+    fingerprint = json.loads((plans_file.parent / "dataset_fingerprint.json").read_text())
+    costs = machine_costs(request.device, cache_dir=dirs.preprocessed, log=log)
+    labels = [k for k in ds.dataset_json["labels"] if k != "ignore"]
+    planned = plan_configuration(plans, configuration, request, costs, len(fingerprint["spacings"]),
+                                 len(ds.dataset_json["channel_names"]), len(labels))
+    entry = configuration_entry(planned, costs, request)
+    key = {k: entry[k] for k in ("patch_size", "batch_size", "architecture")} | {"budget": entry["autoseg"]["budget"]}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{planned.name}_{digest}"
+    entry["autoseg"]["budget"]["name"] = name
+    plans["configurations"][name] = entry
+    _write_json_atomic(plans_file, plans)
+    log(f"  planned {name}: patch {planned.patch_size}, batch {planned.batch_size}, features "
+        f"{planned.features_per_stage}, {planned.epochs} x {planned.iterations_per_epoch} iterations, "
+        f"estimated {planned.estimated_seconds_per_iteration:.2f} s/iteration, {planned.estimated_seconds_per_run:.0f} s per run")
+    budget = Budget(name, epochs=planned.epochs, iterations_per_epoch=planned.iterations_per_epoch,
+                    val_iterations_per_epoch=planned.val_iterations_per_epoch,
+                    save_every=entry["autoseg"]["budget"]["save_every"])
+    record = {"name": name, "request": entry["autoseg"]["request"], "overrides": planned.overrides,
+              "patch_size": planned.patch_size, "batch_size": planned.batch_size,
+              "features_per_stage": planned.features_per_stage, "estimate": entry["autoseg"]["estimate"],
+              "reasons": planned.reasons}
+    return name, budget, record
+
+
 def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name: str, fold: int, device,
                 budget: Budget, loss: str, loss_args: dict, log: Callable[[str], None],
-                arch: str = "cnn") -> FoldResult:
+                arch: str = "cnn", plan_record: dict | None = None) -> FoldResult:
 
     t0 = time.time()
     plans = json.loads(plans_file.read_text())
@@ -350,6 +403,8 @@ def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name:
         "device": str(device), "natural_image": bool(ds.dataset_json.get("autoseg", {}).get("natural_image", False)),
         "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if plan_record is not None:
+        meta["plan"] = plan_record
     _write_json_atomic(out / "autoseg.json", meta)
     # On a CPU, augmenting in the training process beats worker processes that fight it for the cores
     # (measured 18-35 % faster on 2 cores); an explicit nnUNet_n_proc_DA wins.

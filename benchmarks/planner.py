@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="Dataset990_AutosegHippocampus")
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--only", default=None, help="comma-separated indices of PLANS to run")
-    ap.add_argument("--out", default="benchmarks/planner_results.json")
+    ap.add_argument("--out", default="planner_results.json", help="JSON of the rows (default: ./planner_results.json)")
     args = ap.parse_args()
     work = Path(args.work_dir)
     os.environ.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),

@@ -31,6 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="cnn", choices=["cnn", "cnn_resenc", "transformer"],
                    help="network: cnn (nnU-Net's plain U-Net, narrowed by the budget), cnn_resenc (nnU-Net's "
                         "residual-encoder U-Net), transformer (MONAI's SwinUNETR; patch rounded to multiples of 32)")
+    g = p.add_argument_group("planned run (instead of --budget): the planner of `autoseg plan` sizes the network")
+    g.add_argument("--time-budget", default=None, help="wall clock per run, or for --runs runs: 600, 10m, 1.5h")
+    g.add_argument("--runs", type=int, default=1, help="how many runs share --time-budget")
+    g.add_argument("--memory", default=None, help="memory a run may use, e.g. 8G")
+    g.add_argument("--patch-size", default=None, help="override the planned patch size, e.g. 40x56x40")
+    g.add_argument("--batch-size", type=int, default=None, help="override the planned batch size")
+    g.add_argument("--min-iterations", type=int, default=None,
+                   help="fewest training iterations a planned run may get (default: 500)")
+    g.add_argument("--features", default=None, help="override the features per stage (16,32,64,128) or the "
+                                                    "first stage's width; the transformer's feature_size")
     p.add_argument("--folds", default="0", help="folds to train: 0, 0-4, 0,2 or all (default: 0)")
     p.add_argument("--budget", default=None, choices=["quick", "standard", "smoke"],
                    help="quick: minutes on a CPU, a narrower network and short schedule (default on a CPU and "
@@ -77,7 +87,33 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.losses import UnknownLossError
     from autoseg.pipeline import PipelineError, pick_device, plan_and_train
 
+    plan = None
+    if any(v is not None for v in (args.time_budget, args.memory, args.patch_size, args.batch_size, args.features,
+                                   args.min_iterations)):
+        if args.budget is not None:
+            raise CliError("--budget is a preset; --time-budget, --memory and the overrides plan the run instead: "
+                           "give one or the other")
+        from autoseg.plans.planner import (
+            MIN_ITERATIONS,
+            PlanError,
+            PlanRequest,
+            parse_duration,
+            parse_int_list,
+            parse_memory,
+        )
+
+        try:
+            plan = PlanRequest(
+                arch=args.arch, memory_bytes=parse_memory(args.memory) if args.memory else None,
+                time_budget_s=parse_duration(args.time_budget) if args.time_budget else None, runs=args.runs,
+                patch_size=parse_int_list(args.patch_size, "--patch-size"), batch_size=args.batch_size,
+                features=parse_int_list(args.features, "--features"),
+                min_iterations=args.min_iterations or MIN_ITERATIONS)
+        except PlanError as e:
+            raise CliError(str(e)) from None
     budget = args.budget
+    if budget is None and plan is not None:
+        budget = "standard"  # not used: the plan sets the schedule
     if budget is None:
         try:
             on_cpu = pick_device(args.device).type == "cpu"
@@ -90,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             loss=args.loss, loss_args=loss_args, dataset=args.dataset, configuration=args.config,
             folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
             device=args.device, work_dir=args.work_dir, verify=args.verify,
-            num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch,
+            num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch, plan=plan,
         )
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA, autoseg_cli
@@ -102,3 +103,23 @@ def test_plan_camvid_2d(arch, camvid_plans):
     assert plan.estimated_seconds_per_iteration * plan.iterations <= 3600 * 0.8
     if arch != "transformer":
         assert all(p <= q for p, q in zip(plan.patch_size, camvid_plans["configurations"]["2d"]["patch_size"]))
+
+
+def test_plan_and_train_with_a_time_budget_records_the_plan(smoke_run):
+    """`plan_and_train --time-budget` trains the planner's configuration and records overrides with the result."""
+    proc = autoseg_cli("plan_and_train", "--work-dir", str(smoke_run["work"]), "--limit-cases", "10",
+                       "--time-budget", "20s", "--min-iterations", "5", "--features", "8", "--patch-size", "32x48x32",
+                       "--json", env=smoke_run["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["configuration"].startswith("3d_fullres_cnn_plan_")
+    assert result["plan"]["overrides"] == {"patch_size": [32, 48, 32], "features": [8]}
+    meta = json.loads((Path(result["fold_dirs"]["0"]) / "autoseg.json").read_text())
+    assert meta["plan"]["patch_size"] == [32, 48, 32] and meta["plan"]["features_per_stage"] == [8, 16, 32, 64]
+    # the schedule fills 80 % of the budget by the cost model's estimate
+    per_it = meta["plan"]["estimate"]["seconds_per_iteration"]
+    n = meta["budget"]["epochs"] * meta["budget"]["iterations_per_epoch"]
+    assert n >= 5 and per_it * n <= 20 * 0.8
+    mixed = autoseg_cli("plan_and_train", "--work-dir", str(smoke_run["work"]), "--budget", "quick",
+                        "--time-budget", "1h", env=smoke_run["env"])
+    assert mixed.returncode == 2 and "give one or the other" in mixed.stderr
