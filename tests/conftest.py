@@ -15,9 +15,24 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 N_CASES = 10  # bundled cases used by the end-to-end tests (2 per validation fold)
 
 
+@pytest.fixture(autouse=True)
+def _restore_nnunet_environment():
+    """In-process calls export nnUNet_* folders (nnU-Net reads them from the environment); undo that
+    after each test so that no later test, or the subprocesses it starts, inherits another's folders."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("nnUNet_")}
+    yield
+    for k in [k for k in os.environ if k.startswith("nnUNet_")]:
+        del os.environ[k]
+    os.environ.update(saved)
+
+
 def autoseg_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the installed ``autoseg`` command in a fresh process (the way a user does)."""
-    full_env = {**os.environ, **(env or {})}
+    """Run the installed ``autoseg`` command in a fresh process (the way a user does).
+
+    With ``env`` given, the child gets exactly that environment (plus PATH-like basics from this
+    process), so stray nnUNet_* variables of this process cannot redirect it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    full_env = {**base, **(env or {})}
     return subprocess.run([sys.executable, "-m", "autoseg", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
 

@@ -152,10 +152,14 @@ def check_raw_dataset(folder: Path) -> dict:
         problems.append(f"case {case}: label without image")
     for case in sorted(set(images) - labels):
         problems.append(f"case {case}: image without label")
+    # One file per channel (_0000, _0001, ...), except natural images, where nnU-Net reads an RGB
+    # PNG as one file with three channels: every case must have the same channel files as the rest.
+    widest = max((len(c) for c in images.values()), default=0)
+    expected = set(range(n_ch if widest > 1 or n_ch == 1 else 1))
     for case, chans in sorted(images.items()):
-        missing = sorted(set(range(n_ch)) - chans)
+        missing = sorted(expected - chans)
         if missing:
-            problems.append(f"case {case}: missing channel(s) {missing}")
+            problems.append(f"case {case}: missing channel file(s) {[f'{case}_{m:04d}{ending}' for m in missing]}")
     if not labels:
         problems.append(f"labelsTr/ holds no file ending in {ending!r}")
     if problems:
