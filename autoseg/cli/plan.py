@@ -79,16 +79,27 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.plans.api import format_plan, plan_dataset
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else print
+    from autoseg.cli.plan_and_train import _stdout_to_stderr
+
+    def call():
+        return plan_dataset(args.dataset, configs, request, work_dir=args.work_dir, verify=args.verify,
+                            num_processes=args.num_processes, limit_cases=args.limit_cases,
+                            refresh_benchmark=args.refresh_benchmark, write=not args.dry_run, log=log)
+
     try:
-        summary = plan_dataset(args.dataset, configs, request, work_dir=args.work_dir, verify=args.verify,
-                               num_processes=args.num_processes, limit_cases=args.limit_cases,
-                               refresh_benchmark=args.refresh_benchmark, write=not args.dry_run, log=log)
+        if args.json:
+            # nnU-Net's planner prints to stdout: keep stdout for the one JSON object
+            with _stdout_to_stderr() as out:
+                summary = call()
+        else:
+            summary = call()
     except (DatasetError, ValueError) as e:
         raise CliError(str(e)) from None
     if args.dry_run:
         summary["plans_file"] += " (not written: --dry-run)"
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        out.write(json.dumps(summary, indent=2, default=str) + "\n")
+        out.close()
     else:
         print(format_plan(summary))
     return 0

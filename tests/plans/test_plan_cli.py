@@ -66,27 +66,19 @@ def test_plan_cli_errors(args, message, smoke_run):
 
 @pytest.fixture(scope="module")
 def camvid_plans(tmp_path_factory):
-    """nnU-Net's fingerprint and plans of 8 converted CamVid images (RGB PNG, 2D)."""
-    import subprocess
-    import sys
-
-    work = tmp_path_factory.mktemp("camvid_plan")
+    """`autoseg plan` of 8 converted CamVid images (RGB PNG, 2D): its JSON and nnU-Net's plans file."""
     import os
 
+    work = tmp_path_factory.mktemp("camvid_plan")
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update({"nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "pre"),
-           "nnUNet_results": str(work / "res")})
     conv = autoseg_cli("convert", "camvid", "--source", str(SHARED_DATA / "camvid"), "--limit", "4",
                        "--out", str(work / "raw"), "--quiet", env=env)
     assert conv.returncode == 0, conv.stderr[-3000:]
-    # nnU-Net's own API: `autoseg plan --dataset` refuses converted CamVid (autoseg.data.bundled's raw-folder
-    # check expects one file per channel, NaturalImage2DIO reads RGB from one PNG)
-    code = ("from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments;"
-            "extract_fingerprints([603], num_processes=1, check_dataset_integrity=True); plan_experiments([603])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    proc = autoseg_cli("plan", "--dataset", str(next((work / "raw").glob("Dataset603_*"))), "--config", "2d",
+                       "--work-dir", str(work / "w"), "--time-budget", "1h", "--json", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plans = json.loads(next((work / "pre").glob("Dataset603_*/nnUNetPlans.json")).read_text())
-    return plans
+    summary = json.loads(proc.stdout)
+    return summary, json.loads(Path(summary["plans_file"]).read_text())
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "camvid").is_dir(), reason="CamVid is not in ../shared/data")
@@ -96,6 +88,8 @@ def test_plan_camvid_2d(arch, camvid_plans):
 
     from autoseg.plans.planner import PlanRequest, plan_configuration
 
+    summary, camvid_plans = camvid_plans
+    _invariants(summary["configurations"]["2d_cnn_plan"], "cnn")  # the CLI's own plan, on this machine
     plan = plan_configuration(camvid_plans, "2d", PlanRequest(arch=arch, time_budget_s=3600), fake_costs(), 8, 3, 12)
     d = plan.as_dict()
     _invariants(d, arch)
