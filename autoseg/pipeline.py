@@ -340,8 +340,8 @@ def plan_and_train(
     for i, fold in enumerate(fold_list):
         log(f"[4/4] fold {fold} ({i + 1}/{len(fold_list)}): training {trainer_name} on {config_name}, "
             f"budget {budget.name!r}, device {torch_device}")
-        result.folds.append(_train_fold(quiet_cls, plans_file, ds, config_name, fold, torch_device, budget,
-                                        loss, loss_args, log, arch, plan_record))
+        result.folds.append(_train_fold(quiet_cls, plans_file, ds, config_name, run_dir / f"fold_{fold}", fold,
+                                        torch_device, budget, loss, loss_args, log, arch, plan_record))
     timings["total"] = time.time() - t_start
     return result
 
@@ -383,13 +383,12 @@ def _add_planned_configuration(plans_file: Path, configuration: str, request, ar
     return name, budget, record
 
 
-def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name: str, fold: int, device,
+def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name: str, out: Path, fold: int, device,
                 budget: Budget, loss: str, loss_args: dict, log: Callable[[str], None],
                 arch: str = "cnn", plan_record: dict | None = None) -> FoldResult:
-
+    """Train (or resume, or only validate) one fold into ``out``, nnU-Net's fold folder."""
     t0 = time.time()
     plans = json.loads(plans_file.read_text())
-    out = Path(os.environ["nnUNet_results"]) / ds.name / f"{trainer_cls.__name__}__{PLANS}__{config_name}" / f"fold_{fold}"
     final = out / "checkpoint_final.pth"
     summary = out / "validation" / "summary.json"
     if final.is_file() and summary.is_file():
@@ -409,14 +408,18 @@ def _train_fold(trainer_cls, plans_file: Path, ds: ResolvedDataset, config_name:
     # On a CPU, augmenting in the training process beats worker processes that fight it for the cores
     # (measured 18-35 % faster on 2 cores); an explicit nnUNet_n_proc_DA wins.
     da_env = {"nnUNet_n_proc_DA": "0"} if device.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ else {}
-    with _env(**da_env):
-        return _run_fold(trainer_cls, plans, ds, config_name, fold, device, out, final, meta, log, t0)
-
-
-def _run_fold(trainer_cls, plans, ds, config_name, fold, device, out, final, meta, log, t0) -> FoldResult:
     plans["continue_training"] = False
-    trainer = trainer_cls(plans=plans, configuration=config_name, fold=fold, dataset_json=ds.dataset_json,
-                          device=device)
+    with _env(**da_env):
+        trainer = trainer_cls(plans=plans, configuration=config_name, fold=fold, dataset_json=ds.dataset_json,
+                              device=device)
+        _fit_and_validate(trainer, out, final, meta, log)
+    meta.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=round(time.time() - t0, 1))
+    _write_json_atomic(out / "autoseg.json", meta)
+    return FoldResult(fold, out, _read_summary(out), trained=True, seconds=time.time() - t0)
+
+
+def _fit_and_validate(trainer, out: Path, final: Path, meta: dict, log: Callable[[str], None]) -> None:
+    """Run training (resuming from the latest checkpoint) and nnU-Net's validation; a failure is recorded."""
     try:
         if final.is_file():
             log("  training finished earlier; running the validation only")
@@ -436,6 +439,3 @@ def _run_fold(trainer_cls, plans, ds, config_name, fold, device, out, final, met
         meta.update(status="failed", error=f"{type(e).__name__}: {e}")
         _write_json_atomic(out / "autoseg.json", meta)
         raise
-    meta.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=round(time.time() - t0, 1))
-    _write_json_atomic(out / "autoseg.json", meta)
-    return FoldResult(fold, out, _read_summary(out), trained=True, seconds=time.time() - t0)
