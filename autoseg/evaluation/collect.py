@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.evaluation.metrics import METRICS_VERSION, case_metrics
+from autoseg.io import atomic_write_text
 
 CACHE_NAME = "autoseg_metrics_cache.json"
 TABLE_NAME = "autoseg_evaluation.csv"
 RUNS_NAME = "autoseg_runs.csv"
 
 _FOLDER_RE = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
-_AUTOSEG_TRAINER_RE = re.compile(r"^nnUNetTrainer_autoseg_(?P<loss>.+?)(?:_(?P<hash>[0-9a-f]{8}))?$")
 
 RUN_COLUMNS = ["dataset", "configuration", "architecture", "plans", "budget", "seed", "method", "loss",
                "loss_args", "trainer", "fold", "natural_image"]
@@ -95,35 +94,35 @@ def _read_json(path: Path) -> dict | None:
 
 
 def parse_run(fold_dir: Path) -> Run | None:
-    """A :class:`Run` for ``<dataset>/<trainer>__<plans>__<configuration>/fold_<N>``, or None if not one."""
+    """A :class:`Run` for ``<dataset>/<trainer>__<plans>__<configuration>/fold_<N>``, or None if not one.
+
+    The identity comes from the fold's run record (``autoseg.json``, :mod:`autoseg.records`; a
+    result store holds only these) or, failing that, from the folder names.
+    """
+    from autoseg.records import read_record
+    from autoseg.trainers.names import parse_trainer_name
+
     m = _FOLDER_RE.match(fold_dir.parent.name)
     if not fold_dir.name.startswith("fold_") or m is None:
         return None
     trainer, plans, configuration = m["trainer"], m["plans"], m["configuration"]
     fold = fold_dir.name[len("fold_"):]
-    tm = _AUTOSEG_TRAINER_RE.match(trainer)
-    meta = _read_json(fold_dir / "autoseg.json")
-    if meta is not None:
-        loss = str(meta.get("loss") or (tm["loss"] if tm else trainer))
-        loss_args = dict(meta.get("loss_args") or {})
-        trainer = str(meta.get("trainer", trainer))
-        tm = _AUTOSEG_TRAINER_RE.match(trainer)
-        budget = meta.get("budget") or {}
-        if not isinstance(budget, dict):
-            budget = {"name": str(budget)}
-        return Run(path=fold_dir, dataset=str(meta.get("dataset", fold_dir.parent.parent.name)), trainer=trainer,
-                   plans=str(meta.get("plans", plans)), configuration=str(meta.get("configuration", configuration)),
-                   fold=str(meta.get("fold", fold)), loss=loss, loss_args=loss_args,
-                   method=method_name(loss, loss_args, tm["hash"] if tm else None),
-                   architecture=str(meta.get("architecture", "unknown")), budget=str(budget.get("name", "unknown")),
-                   budget_detail=budget, seed=str(meta.get("seed", "")), status=str(meta.get("status", "unknown")),
-                   natural_image=meta.get("natural_image"))
+    try:
+        record = read_record(fold_dir)
+    except ValueError:
+        record = None
+    if record is not None:
+        from autoseg.evaluation.store_rows import run_from_record
+
+        return run_from_record(record, fold_dir)
     # a plain nnU-Net run (or autoseg.json lost): identity from the folder names, done once training finished
-    loss = tm["loss"] if tm else trainer
+    tm = parse_trainer_name(trainer)
+    loss = tm.stem if tm else trainer
     status = "done" if (fold_dir / "checkpoint_final.pth").exists() else "unknown"
     return Run(path=fold_dir, dataset=fold_dir.parent.parent.name, trainer=trainer, plans=plans,
                configuration=configuration, fold=fold, loss=loss,
-               method=method_name(loss, {}, tm["hash"] if tm else None), status=status)
+               method=method_name(loss, {}, tm.hash if tm else None), seed=str(tm.seed) if tm else "",
+               status=status)
 
 
 def find_runs(results: Path) -> list[Run]:
@@ -336,6 +335,17 @@ def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = 
     ending = info.file_ending
     preds = sorted(p for p in val.glob(f"*{ending}") if p.is_file()) if val.is_dir() else []
     if not preds:
+        # a result store (or a results folder without predictions): the metric rows the run recorded
+        from autoseg.evaluation.store_rows import rows_from_record
+        from autoseg.records import read_record
+
+        try:
+            record = read_record(run.path)
+        except ValueError:
+            record = None
+        stored = rows_from_record(record, run, tolerance_mm, distances) if record is not None else None
+        if stored is not None:
+            return stored
         run.state = "no validation predictions"
         return []
     summary = _read_json(val / "summary.json") or {}
@@ -472,21 +482,6 @@ def _env_path(name: str) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------- file IO
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fmt(value) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,8 @@ def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: 
     The new configuration inherits from ``base_configuration`` so it reuses its preprocessed data;
     it narrows the network (features per stage capped) and sets the batch, and its ``autoseg``
     block holds the budget, which :class:`~autoseg.trainers.base.nnUNetTrainerAutoseg` applies.
-    The file is rewritten atomically. Returns the configuration's name.
+    The file is rewritten atomically (callers that may run at once hold its lock,
+    :func:`autoseg.io.file_lock`, as :func:`autoseg.prepare.prepare` does). Returns the configuration's name.
 
     ``arch`` ``"cnn_resenc"`` swaps in nnU-Net's residual-encoder U-Net on the same stages;
     ``"transformer"`` MONAI's SwinUNETR (:mod:`autoseg.plans.architectures`) with the patch rounded
@@ -120,11 +120,10 @@ def add_budget_configuration(plans_file: str | os.PathLike, base_configuration: 
     entry["autoseg"] = {"budget": {"name": budget.name, **budget.schedule()}, **({"architecture": arch_name} if arch_name != "cnn" else {}),
                         "budget_definition": {k: v for k, v in asdict(budget).items() if v is not None}}
     if configs.get(name) != entry:
+        from autoseg.io import atomic_write_json
+
         configs[name] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plans.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(plans, f, indent=4)
-        os.replace(tmp, path)
+        atomic_write_json(path, plans, indent=4)
     return name
 
 

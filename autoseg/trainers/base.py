@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from typing import Any
 
@@ -41,6 +42,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
     #: ``False`` sends nnU-Net's per-epoch log lines to the log file only and prints one progress
     #: line per epoch instead (autoseg's CLI); ``True`` keeps nnU-Net's console output.
     console_log: bool = True
+    #: training seed (part of the trainer's name, ``_seed<N>``): 0 keeps nnU-Net's unseeded behaviour
+    seed: int = 0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -53,6 +56,13 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         self.autoseg_loss: nn.Module | None = None
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
+
+    def initialize(self):
+        # nnU-Net seeds nothing; a grid needs seeds that really change training (weight initialisation,
+        # patch sampling and augmentation in the main process) and that can be named again.
+        if self.seed:
+            seed_everything(self.seed)
+        super().initialize()
 
     # ---------------------------------------------------------------- loss
     def build_autoseg_loss(self) -> nn.Module:
@@ -133,6 +143,13 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             f"  left ~{_fmt_seconds(left)}",
             flush=True,
         )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every device) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _fmt_seconds(s: float) -> str:

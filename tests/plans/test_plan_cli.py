@@ -31,16 +31,18 @@ def test_plan_hippocampus_json_text_and_plans_file(smoke_run):
                        "--time-budget", "2h", "--runs", "4", "--json", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert set(summary["configurations"]) == {"3d_fullres_cnn_plan", "2d_cnn_plan"}
+    # one name per plan, whichever command made it: <base>_<arch>_plan_<digest of what was chosen>
+    names = {n.rsplit("_", 1)[0]: n for n in summary["configurations"]}
+    assert set(names) == {"3d_fullres_cnn_plan", "2d_cnn_plan"}
     for plan in summary["configurations"].values():
         _invariants(plan, "cnn")
         # the budget (2 h for 4 runs) is honoured by the cost model
         assert plan["estimated_seconds_per_iteration"] * plan["iterations"] <= 1800
     plans_file = smoke_run["work"] / "nnUNet_preprocessed" / summary["dataset"] / "nnUNetPlans.json"
-    entry = json.loads(plans_file.read_text())["configurations"]["3d_fullres_cnn_plan"]
+    entry = json.loads(plans_file.read_text())["configurations"][names["3d_fullres_cnn_plan"]]
     assert entry["inherits_from"] == "3d_fullres"
-    assert entry["autoseg"]["budget"]["iterations_per_epoch"] == summary["configurations"]["3d_fullres_cnn_plan"][
-        "iterations_per_epoch"]
+    assert entry["autoseg"]["budget"]["iterations_per_epoch"] == summary["configurations"][
+        names["3d_fullres_cnn_plan"]]["iterations_per_epoch"]
     assert "conv_s_per_flop" in entry["autoseg"]["cost_model"]
 
     text = autoseg_cli("plan", "--work-dir", work, "--limit-cases", "10", "--arch", "transformer",
@@ -89,7 +91,7 @@ def test_plan_camvid_2d(arch, camvid_plans):
     from autoseg.plans.planner import PlanRequest, plan_configuration
 
     summary, camvid_plans = camvid_plans
-    _invariants(summary["configurations"]["2d_cnn_plan"], "cnn")  # the CLI's own plan, on this machine
+    _invariants(next(c for n, c in summary["configurations"].items() if n.startswith("2d_cnn_plan_")), "cnn")  # the CLI's own plan, on this machine
     plan = plan_configuration(camvid_plans, "2d", PlanRequest(arch=arch, time_budget_s=3600), fake_costs(), 8, 3, 12)
     d = plan.as_dict()
     _invariants(d, arch)
