@@ -31,6 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="cnn", choices=["cnn", "cnn_resenc", "transformer"],
                    help="network: cnn (nnU-Net's plain U-Net, narrowed by the budget), cnn_resenc (nnU-Net's "
                         "residual-encoder U-Net), transformer (MONAI's SwinUNETR; patch rounded to multiples of 32)")
+    p.add_argument("--folds", default="0", help="folds to train: 0, 0-4, 0,2 or all (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed (default 0: nnU-Net's unseeded behaviour); another seed is another run")
+    add_budget_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    return p
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """The budget, device and work-folder options ``plan_and_train`` and ``benchmark`` share."""
     g = p.add_argument_group("planned run (instead of --budget): the planner of `autoseg plan` sizes the network")
     g.add_argument("--time-budget", default=None, help="wall clock per run, or for --runs runs: 600, 10m, 1.5h")
     g.add_argument("--runs", type=int, default=1, help="how many runs share --time-budget")
@@ -41,7 +51,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="fewest training iterations a planned run may get (default: 500)")
     g.add_argument("--features", default=None, help="override the features per stage (16,32,64,128) or the "
                                                     "first stage's width; the transformer's feature_size")
-    p.add_argument("--folds", default="0", help="folds to train: 0, 0-4, 0,2 or all (default: 0)")
     p.add_argument("--budget", default=None, choices=["quick", "standard", "smoke"],
                    help="quick: minutes on a CPU, a narrower network and short schedule (default on a CPU and "
                         "for bundled data); standard: nnU-Net's own plan and schedule; smoke: seconds, for tests")
@@ -52,12 +61,52 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None,
                    help="folder for nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default: $AUTOSEG_HOME or "
                         "~/autoseg_work); the nnUNet_* environment variables win when set")
+    p.add_argument("--store", default=None, help="result store: one record per run (default: <work>/autoseg_store)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                    help="run nnU-Net's dataset integrity check (default: on, except for bundled data)")
     p.add_argument("-np", "--num-processes", type=int, default=None, help="processes for preprocessing")
     p.add_argument("--limit-cases", type=int, default=None, help=argparse.SUPPRESS)  # tests: a few bundled cases
-    p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
-    return p
+
+
+def resolve_budget(args: argparse.Namespace, datasets: list[str | None]):
+    """(preset budget name, PlanRequest or None) from the budget options; CliError on a bad combination."""
+    from autoseg.data.bundled import BUNDLED
+    from autoseg.pipeline import PipelineError, pick_device
+
+    plan = None
+    if any(v is not None for v in (args.time_budget, args.memory, args.patch_size, args.batch_size, args.features,
+                                   args.min_iterations)):
+        if args.budget is not None:
+            raise CliError("--budget is a preset; --time-budget, --memory and the overrides plan the run instead: "
+                           "give one or the other")
+        from autoseg.plans.planner import (
+            MIN_ITERATIONS,
+            PlanError,
+            PlanRequest,
+            parse_duration,
+            parse_int_list,
+            parse_memory,
+        )
+
+        try:
+            plan = PlanRequest(
+                memory_bytes=parse_memory(args.memory) if args.memory else None,
+                time_budget_s=parse_duration(args.time_budget) if args.time_budget else None, runs=args.runs,
+                patch_size=parse_int_list(args.patch_size, "--patch-size"), batch_size=args.batch_size,
+                features=parse_int_list(args.features, "--features"),
+                min_iterations=args.min_iterations or MIN_ITERATIONS)
+        except PlanError as e:
+            raise CliError(str(e)) from None
+    budget = args.budget
+    if budget is None and plan is not None:
+        budget = "standard"  # not used: the plan sets the schedule
+    if budget is None:
+        try:
+            on_cpu = pick_device(args.device).type == "cpu"
+        except PipelineError as e:
+            raise CliError(str(e)) from None
+        budget = "quick" if on_cpu or all(d in (None, *BUNDLED) for d in datasets) else "standard"
+    return budget, plan
 
 
 @contextlib.contextmanager
@@ -83,43 +132,13 @@ def run(args: argparse.Namespace) -> int:
         loss_args = parse_key_values(args.loss_args)
     except ValueError as e:
         raise CliError(f"--loss-args: {e}") from None
-    from autoseg.data.bundled import BUNDLED, DatasetError
+    from autoseg.data.bundled import DatasetError
     from autoseg.losses import UnknownLossError
-    from autoseg.pipeline import PipelineError, pick_device, plan_and_train
+    from autoseg.pipeline import PipelineError, plan_and_train
 
-    plan = None
-    if any(v is not None for v in (args.time_budget, args.memory, args.patch_size, args.batch_size, args.features,
-                                   args.min_iterations)):
-        if args.budget is not None:
-            raise CliError("--budget is a preset; --time-budget, --memory and the overrides plan the run instead: "
-                           "give one or the other")
-        from autoseg.plans.planner import (
-            MIN_ITERATIONS,
-            PlanError,
-            PlanRequest,
-            parse_duration,
-            parse_int_list,
-            parse_memory,
-        )
-
-        try:
-            plan = PlanRequest(
-                arch=args.arch, memory_bytes=parse_memory(args.memory) if args.memory else None,
-                time_budget_s=parse_duration(args.time_budget) if args.time_budget else None, runs=args.runs,
-                patch_size=parse_int_list(args.patch_size, "--patch-size"), batch_size=args.batch_size,
-                features=parse_int_list(args.features, "--features"),
-                min_iterations=args.min_iterations or MIN_ITERATIONS)
-        except PlanError as e:
-            raise CliError(str(e)) from None
-    budget = args.budget
-    if budget is None and plan is not None:
-        budget = "standard"  # not used: the plan sets the schedule
-    if budget is None:
-        try:
-            on_cpu = pick_device(args.device).type == "cpu"
-        except PipelineError as e:
-            raise CliError(str(e)) from None
-        budget = "quick" if on_cpu or args.dataset in (None, *BUNDLED) else "standard"
+    budget, plan = resolve_budget(args, [args.dataset])
+    if plan is not None:
+        plan.arch = args.arch
 
     def call():
         return plan_and_train(
@@ -127,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
             device=args.device, work_dir=args.work_dir, verify=args.verify,
             num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch, plan=plan,
+            seed=args.seed, store=args.store,
         )
 
     try:

@@ -1,0 +1,167 @@
+"""The grid without nnU-Net: loss sweeps, expansion and identities, trainer names, records, the store, locks."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autoseg.grid.spec import GridError, Target, expand, expand_losses, parse_loss_item, parse_seeds
+from autoseg.grid.store import Store
+from autoseg.io import atomic_write_json, file_lock, read_json, try_lock, update_json
+from autoseg.records import FoldRecord, read_record, write_record
+from autoseg.trainers.names import parse_trainer_name, trainer_class_name
+
+
+def test_loss_items_lists_categories_and_sweeps():
+    from autoseg.losses import list_losses
+
+    assert parse_loss_item("dice,combo") == [("dice", {}), ("combo", {})]
+    assert parse_loss_item("tversky:alpha=0.3,0.5,0.7") == [("tversky", {"alpha": 0.3}), ("tversky", {"alpha": 0.5}),
+                                                            ("tversky", {"alpha": 0.7})]
+    assert parse_loss_item("tversky:alpha=0.3,0.7:beta=0.5") == [("tversky", {"alpha": 0.3, "beta": 0.5}),
+                                                                 ("tversky", {"alpha": 0.7, "beta": 0.5})]
+    assert [n for n, _ in parse_loss_item("all")] == list_losses()
+    assert [n for n, _ in parse_loss_item("region")] == list_losses(category="region")
+    for bad, msg in [("tversky:alpha", "loss:key=v1,v2"), ("tversky:alpha=", "no values"),
+                     ("tversky:alpha=1:alpha=2", "swept twice"), ("", "empty")]:
+        with pytest.raises(GridError, match=msg):
+            parse_loss_item(bad)
+
+
+def test_expand_losses_validates_and_deduplicates():
+    settings = expand_losses(["dice", "dice,combo", "combo:alpha=0.3,0.3"])
+    assert settings == [("dice", {}), ("combo", {}), ("combo", {"alpha": 0.3})]
+    with pytest.raises(ValueError, match="Did you mean"):
+        expand_losses(["dcie"])
+    with pytest.raises(ValueError, match="alpha"):
+        expand_losses(["combo:alpha=2"])  # the loss's own check, before any preparation
+
+
+def test_seeds():
+    assert parse_seeds("0") == [0]
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    for bad in ("x", "3-1", "-1"):
+        with pytest.raises(GridError):
+            parse_seeds(bad)
+
+
+def test_trainer_names_round_trip():
+    assert trainer_class_name("combo") == "nnUNetTrainer_autoseg_combo"
+    assert trainer_class_name("combo", seed=3) == "nnUNetTrainer_autoseg_combo_seed3"
+    hashed = trainer_class_name("combo", {"alpha": 0.3}, seed=2)
+    parsed = parse_trainer_name(hashed)
+    assert parsed.stem == "combo" and len(parsed.hash) == 8 and parsed.seed == 2
+    assert parsed.base == trainer_class_name("combo", {"alpha": 0.3})
+    p = parse_trainer_name("nnUNetTrainer_autoseg_dice_plus_0p5xtopk")
+    assert (p.stem, p.hash, p.seed) == ("dice_plus_0p5xtopk", "", 0)
+    assert parse_trainer_name("nnUNetTrainer") is None
+    with pytest.raises(ValueError, match="seed"):
+        trainer_class_name("combo", seed=-1)
+
+
+def _targets():
+    return [Target("Dataset991_X", "3d_fullres", "3d_fullres_smoke", "cnn", 5, {"name": "smoke", "epochs": 2}),
+            Target("Dataset991_X", "2d", "2d_smoke", "cnn", 5, {"name": "smoke", "epochs": 2})]
+
+
+def test_expansion_size_order_and_identity():
+    losses = [("dice", {}), ("tversky", {"alpha": 0.3}), ("tversky", {"alpha": 0.7})]
+    runs = expand(_targets(), losses, "0-1", [0, 1])
+    assert len(runs) == 2 * 3 * 2 * 2
+    ids = [r.run_id for r in runs]
+    assert len(set(ids)) == len(ids)  # one identity per run
+    assert ids == [r.run_id for r in expand(_targets(), losses, "0-1", [0, 1])]  # deterministic
+    first = runs[0]
+    assert first.run_id == "Dataset991_X/nnUNetTrainer_autoseg_dice__nnUNetPlans__3d_fullres_smoke/fold_0"
+    seeded = next(r for r in runs if r.seed == 1 and r.loss == "dice")
+    assert seeded.run_id == "Dataset991_X/nnUNetTrainer_autoseg_dice_seed1__nnUNetPlans__3d_fullres_smoke/fold_0"
+    # every part that determines the result is in the directory name
+    a, b = (r for r in runs if r.loss == "tversky" and r.fold == 0 and r.seed == 0 and r.configuration == "2d_smoke")
+    assert a.loss_args != b.loss_args and a.run_id != b.run_id
+    assert all(r.status == "pending" for r in runs)
+    assert expand(_targets()[:1], losses[:1], "all", [0])[-1].fold == 4
+
+
+def test_record_round_trip_and_old_format(tmp_path):
+    rec = expand(_targets()[:1], [("dice", {})], "0", [0])[0]
+    rec.status, rec.per_case = "done", [{"case": "a.nii.gz", "dice": {"1": 0.5}}]
+    path = write_record(tmp_path / "fold_0", rec)
+    assert path.name == "autoseg.json"
+    back = read_record(tmp_path / "fold_0")
+    assert back == rec and back.done
+    old = {"loss": "combo", "loss_args": {}, "trainer": "nnUNetTrainer_autoseg_combo", "plans": "nnUNetPlans",
+           "configuration": "3d_fullres_smoke", "budget": {"name": "smoke", "epochs": 2}, "dataset": "Dataset991_X",
+           "fold": 0, "device": "cpu", "natural_image": False, "status": "done", "seconds": 12.5}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    o = read_record(tmp_path / "old.json")
+    assert o.done and o.wall_seconds == 12.5 and o.version == 1 and o.run_id.endswith("fold_0")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_record(tmp_path / "bad.json")
+    (tmp_path / "nostatus.json").write_text(json.dumps({**old, "status": "weird"}))
+    assert read_record(tmp_path / "nostatus.json").status == "running"  # old file, unknown state: resumable
+    assert read_record(tmp_path / "absent.json") is None
+
+
+def test_store_states_and_claims(tmp_path):
+    store = Store(tmp_path / "store")
+    rec = expand(_targets()[:1], [("dice", {})], "0", [0])[0]
+    assert store.view(rec.run_id) == "missing"
+    store.write(rec)
+    assert store.view(rec.run_id) == "pending"
+    rec.status = "running"
+    store.write(rec)
+    assert store.view(rec.run_id) == "interrupted"  # nobody holds it
+    lock = store.try_claim(rec.run_id)
+    assert lock is not None
+    try:
+        # another process sees it running
+        code = subprocess.run([sys.executable, "-c", "import sys; from autoseg.grid.store import Store; "
+                               f"print(Store({str(store.root)!r}).view({rec.run_id!r}))"],
+                              capture_output=True, text=True, env={**os.environ})
+        assert code.stdout.strip() == "running", code.stderr
+    finally:
+        lock.release()
+    assert [r.run_id for _, r in store.records()] == [rec.run_id]
+
+
+def _add_key(args):
+    path, i = args
+    update_json(path, lambda d: {**d, str(i): i}, default={})
+
+
+def test_update_json_under_lock_loses_nothing(tmp_path):
+    path = tmp_path / "shared.json"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_add_key, [(str(path), i) for i in range(40)])
+    assert read_json(path) == {str(i): i for i in range(40)}
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        update_json(path, lambda d: d, default={})
+
+
+def test_lock_is_freed_when_its_process_is_killed(tmp_path):
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"a": 1})
+    child = subprocess.Popen([sys.executable, "-c", "import time; from autoseg.io import try_lock; "
+                              f"l = try_lock({str(target)!r}); print(l is not None, flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "True"
+    assert try_lock(target) is None
+    child.kill()
+    child.wait()
+    deadline = time.time() + 10
+    lock = None
+    while lock is None and time.time() < deadline:
+        lock = try_lock(target)
+        time.sleep(0.1)
+    assert lock is not None
+    lock.release()
+    with file_lock(target, timeout=1):
+        assert read_json(target) == {"a": 1}
