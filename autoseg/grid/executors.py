@@ -100,6 +100,12 @@ class Executor:
         """The engine's view of ``task`` (``pending``, ``running``, ``done``, ``failed``), or ``None``: ask the store."""
         return None
 
+    @classmethod
+    def views(cls, store: Any, run_ids: Sequence[str]) -> dict[str, str]:
+        """For ``autoseg benchmark status`` in a later process: the state of each run this kind of engine
+        still holds (a queue's ``pending``/``running``), which wins over the store's view. Default: none."""
+        return {}
+
 
 EXECUTORS: dict[str, type[Executor]] = {}
 
@@ -135,6 +141,15 @@ def get_executor(name: str, options: ExecutorOptions) -> Executor:
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
     return EXECUTORS[name](options)
+
+
+def engine_views(store: Any, run_ids: Sequence[str]) -> dict[str, str]:
+    """Run id -> state, from every executor that can still see runs of ``store`` (Slurm's queue, for one)."""
+    _load_plugins()
+    out: dict[str, str] = {}
+    for cls in EXECUTORS.values():
+        out.update(cls.views(store, run_ids))
+    return out
 
 
 def list_executors() -> list[str]:
@@ -310,6 +325,6 @@ class SubmititLocalExecutor(Executor):
                 "FAILED": "failed"}.get(job.state.upper())
 
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "RunTask", "available_cores", "get_executor", "gpu_ids",
+__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "RunTask", "available_cores", "engine_views", "get_executor", "gpu_ids",
            "list_executors", "register_executor", "share", "worker_env"]
 

@@ -87,12 +87,16 @@ def format_status(records: Sequence[FoldRecord], states: Sequence[str], jobs: in
 
 
 def store_status(store: Store) -> tuple[list[FoldRecord], list[str]]:
-    """Every record of ``store`` with its state as seen now."""
+    """Every record of ``store`` with its state as seen now (from the scheduler for runs it still holds)."""
+    from autoseg.grid.executors import engine_views
+
     records, states = [], []
     for _, record in store.records():
         records.append(record)
         states.append(store.view(record.run_id, record))
-    return records, states
+    # a run still queued or running on a cluster: its state as the cluster's scheduler gives it
+    live = engine_views(store, [r.run_id for r in records])
+    return records, [live.get(r.run_id, s) for r, s in zip(records, states)]
 
 
 __all__ = ["format_status", "progress_bar", "run_row", "store_status", "summarize"]
