@@ -72,4 +72,31 @@ if [ "$EXTRAS" = "test" ] && ! command -v chromium >/dev/null 2>&1 && ! command 
     echo "autoseg setup: no chromium and no root apt-get; the browser test will skip and say so"
   fi
 fi
+# The slurm executor's tests run a real single-node Slurm (scripts/slurm-local.sh): Debian's Slurm
+# daemons, munge for authentication, and slurmdbd with MariaDB so that sacct answers as on a cluster.
+slurm_packages="slurmctld slurmd slurm-client munge slurmdbd mariadb-server"
+if [ "$EXTRAS" = "test" ]; then
+  missing=""
+  for c in slurmctld slurmd sbatch munged slurmdbd mariadbd; do
+    command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || missing="$missing $c"
+  done
+  if [ -z "$missing" ]; then
+    echo "autoseg setup: Slurm, munge and MariaDB are installed (the Slurm tests start them with scripts/slurm-local.sh)"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "autoseg setup: installing Debian's $slurm_packages for the single-node Slurm of the slurm executor's tests"
+    # The packages' install scripts would start system daemons (MariaDB on 3306, a slurmctld without a
+    # configuration); the tests start their own, so a policy-rc.d forbids that while they install.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=""
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1; fi
+    # shellcheck disable=SC2086
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $slurm_packages >/dev/null) \
+      || echo "autoseg setup: the Slurm packages could not be installed; the Slurm tests will skip and say so"
+    [ -n "$own_policy" ] && rm -f "$policy"
+  elif [ "$(id -u)" != 0 ]; then
+    echo "autoseg setup: not root, so Slurm ($slurm_packages) is not installed; the Slurm tests will skip and say so"
+  else
+    echo "autoseg setup: no apt-get, so Slurm ($slurm_packages) is not installed; the Slurm tests will skip and say so"
+  fi
+fi
 touch "$VENV/.autoseg-installed${EXTRAS:+-$EXTRAS}"
