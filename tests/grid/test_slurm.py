@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from autoseg.grid.executor_slurm import SlurmResources, _expand_ids, job_file, query_states
-from autoseg.grid.executors import ExecutorOptions
+from autoseg.grid.executors import ExecutorOptions, RunTask
 from autoseg.grid.store import Store
 from autoseg.records import FoldRecord
 
@@ -159,6 +159,31 @@ def test_status_of_queued_runs_comes_from_slurm(slurm, tmp_path):
         assert store_status(store)[1] == ["pending"]
     finally:
         subprocess.run(["scancel", held], capture_output=True)
+
+
+def test_rerun_waits_for_a_job_slurm_still_holds(slurm, tmp_path):
+    """A run whose job of an earlier invocation is still queued gets no second job: the executor waits for it."""
+    from autoseg.grid.executor_slurm import SlurmExecutor
+
+    store = Store(tmp_path / "store")
+    rec = FoldRecord(dataset="Dataset001_X", configuration="3d_fullres", trainer="nnUNetTrainer_autoseg_dice", fold=0,
+                     loss="dice")
+    store.write(rec)
+    held = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--mem=100M", "--hold", "--wrap", "sleep 1"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    job_file(store.root, rec.run_id).write_text(json.dumps({"job_id": held, "submissions": [held]}))
+    logs: list[str] = []
+    ex = SlurmExecutor(ExecutorOptions(log=logs.append, extra={"poll_s": 0.5}))
+    try:
+        ex.submit([RunTask(run_id=rec.run_id, store=str(store.root), raw="r", preprocessed="p",
+                           results=str(tmp_path / "results"))])
+        assert ex.job_ids == {rec.run_id: held} and not (tmp_path / "results").exists()  # nothing submitted
+        assert any(f"Slurm job {held} is PENDING; waiting for it" in m for m in logs)
+    finally:
+        subprocess.run(["scancel", held], check=True)
+    ex.wait()  # returns once Slurm says the job ended
+    info = json.loads(job_file(store.root, rec.run_id).read_text())
+    assert info["submissions"] == [held] and info["final_state"] == "CANCELLED"
 
 
 def _record(store: Path, run_id: str) -> dict:
