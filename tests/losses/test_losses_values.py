@@ -49,7 +49,11 @@ HAND = [
     ("lovasz", {}, 0.375),
     ("lovasz", {"include_background": False}, 0.375),
     ("combo", {"smooth": 0, "alpha": 0.5, "beta": 1.0}, 0.5 * (L34 + L12 + L34) / 3 + 0.5 * (1 - 2.5 / 3.5)),
-    ("exp_log", {}, 0.8 * (-math.log(3.5 / 4.5)) ** 0.3 + 0.2 * (2 * L34 ** 0.3 + L12 ** 0.3) / 3),
+    # Wong et al. average the Dice term over all labels, background included (s = 1: class 0 2.5 / 3.5).
+    ("exp_log", {}, 0.8 * ((-math.log(2.5 / 3.5)) ** 0.3 + (-math.log(3.5 / 4.5)) ** 0.3) / 2
+     + 0.2 * (2 * L34 ** 0.3 + L12 ** 0.3) / 3),
+    ("exp_log", {"include_background": False},
+     0.8 * (-math.log(3.5 / 4.5)) ** 0.3 + 0.2 * (2 * L34 ** 0.3 + L12 ** 0.3) / 3),
     ("unified_focal", {"smooth": 0},
      0.5 * (0.6 * L34 + 0.6 * L12 + 0.4 * 0.25 ** 0.5 * L34) / 3
      + 0.5 * ((1 - 0.75 / (0.75 + 0.6 * 0.25 + 0.4 * 0.75))
@@ -373,9 +377,10 @@ def test_robust_t_learns_its_degrees_of_freedom():
     assert float(restored.nu) == pytest.approx(float(loss.nu))
 
 
-def np_exp_log(logits, target, w_dice=0.8, w_ce=0.2, g_d=0.3, g_c=0.3, smooth=1.0, weight=None):
+def np_exp_log(logits, target, w_dice=0.8, w_ce=0.2, g_d=0.3, g_c=0.3, smooth=1.0, weight=None,
+               include_background=True):
     tp, fp, fn = np_counts(logits, target, False)
-    dice = ((2 * tp + smooth) / (2 * tp + fp + fn + smooth))[:, 1:]
+    dice = ((2 * tp + smooth) / (2 * tp + fp + fn + smooth))[:, 0 if include_background else 1:]
     _, t, mask = np_parts(logits, target)
     pt = np.where(mask, (np_softmax(logits) * t).sum(1), 1.0)
     w = np.ones(logits.shape[1]) if weight is None else np.asarray(weight)
@@ -385,7 +390,8 @@ def np_exp_log(logits, target, w_dice=0.8, w_ce=0.2, g_d=0.3, g_c=0.3, smooth=1.
 
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("kwargs", [{}, {"gamma_dice": 1.0, "gamma_ce": 2.0, "smooth": 1e-5},
-                                    {"w_dice": 0.5, "w_ce": 0.5, "weight": [0.2, 1.0, 2.0]}])
+                                    {"w_dice": 0.5, "w_ce": 0.5, "weight": [0.2, 1.0, 2.0]},
+                                    {"include_background": False}])
 def test_exp_log_matches_numpy(kwargs, dim):
     logits, target = np_case(dim, seed=12, ignore=True)
     np_kwargs = {{"gamma_dice": "g_d", "gamma_ce": "g_c"}.get(k, k): v for k, v in kwargs.items()}
@@ -529,3 +535,26 @@ def test_rmi_pools_over_the_reference_windows(spatial):
     assert torch.equal(logits.grad.abs().sum(1)[0] > 0, reached)
     if spatial == (18, 18):
         assert reached.all()
+
+
+@pytest.mark.parametrize("exponent, documented", [(0.3, 6.6e-3), (1 / 3, 3.8e-3), (0.5, 2.5e-4), (0.75, 3.3e-6)])
+def test_linear_continuation_of_small_powers_changes_values_by_the_documented_amount(exponent, documented):
+    # docs/losses.md and safe_pow's docstring give these maxima; above 1e-6 the power is exact.
+    from autoseg.losses._functional import safe_pow
+
+    x = torch.logspace(-12, 0, 200001, dtype=torch.float64)
+    err = (safe_pow(x, exponent) - x ** exponent).abs()
+    assert float(err.max()) == pytest.approx(documented, rel=0.02)
+    assert float(err[x > 1e-6].max()) == 0
+
+
+def test_focal_with_small_gamma_is_exact_to_1e_9_in_float64():
+    # In the focal loss the continued power multiplies -log p < 1e-6, so the deviation is negligible there.
+    g = torch.Generator().manual_seed(4)
+    for scale in (1.0, 10.0, 16.0):
+        logits = scale * torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+        target = torch.randint(0, 3, (2, 16, 16), generator=g)
+        logp = np.log(np_softmax(logits.numpy()))
+        pt = np.take_along_axis(logp, target.numpy()[:, None], 1)[:, 0]
+        exact = (-pt * (-np.expm1(pt)) ** 0.3).mean()
+        assert float(build_loss("focal", gamma=0.3)(logits, target)) == pytest.approx(exact, abs=1e-9)
