@@ -53,8 +53,8 @@ def tversky_loss(
     convolutional deep networks", MLMI 2017 (arXiv:1706.05721). ``alpha`` weighs FALSE NEGATIVES and
     ``beta`` FALSE POSITIVES, as in the survey's notation; Salehi et al.'s paper, MONAI and kornia use
     the opposite letters (their α weighs false positives). The default 0.7 / 0.3 is Salehi's best
-    setting (written α = 0.3, β = 0.7 in the paper), which punishes missed foreground more. ``alpha = beta = 0.5`` is :func:`dice_loss`, ``alpha = beta = 1`` is
-    :func:`iou_loss`.
+    setting (written α = 0.3, β = 0.7 in the paper), which punishes missed foreground more.
+    ``alpha = beta = 0.5`` is :func:`dice_loss`, ``alpha = beta = 1`` is :func:`iou_loss`.
 
     Example:
         >>> logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]]]])  # p = 0.5 everywhere
