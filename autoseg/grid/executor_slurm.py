@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.grid.executors import Executor, ExecutorOptions, RunTask, register_executor
-from autoseg.io import atomic_write_json, read_json
+from autoseg.io import read_json, update_json
 
 JOB_FILE = "slurm_job.json"
 
@@ -136,13 +136,15 @@ def _note_attempt(task_path: str) -> None:
 
     task = RunTask.read(task_path)
     env = submitit.JobEnvironment()
-    path = job_file(task.store, task.run_id)
-    info = read_json(path, default={}) or {}
-    info.setdefault("attempts", []).append({
-        "job_id": env.job_id, "host": env.hostname, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
-        "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)})
-    atomic_write_json(path, info)
+    attempt = {"job_id": env.job_id, "host": env.hostname, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+               "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
+    # under the file's lock: the submitting command may be writing the job id into it at this moment
+    update_json(job_file(task.store, task.run_id), lambda info: _append(info, "attempts", attempt), default={})
+
+
+def _append(info: dict[str, Any], key: str, item: Any) -> dict[str, Any]:
+    return {**info, key: [*info.get(key, []), item]}
 
 
 def job_file(store: str | os.PathLike, run_id: str) -> Path:
@@ -151,7 +153,7 @@ def job_file(store: str | os.PathLike, run_id: str) -> Path:
 
 
 def job_id_of(store: str | os.PathLike, run_id: str) -> str | None:
-    """The id of the last job submitted for ``run_id`` (``ARRAY_TASK``), or None."""
+    """The id of the last job submitted for ``run_id`` (``<array id>_<task index>``), or None."""
     info = read_json(job_file(store, run_id), default=None)
     return info.get("job_id") if isinstance(info, dict) else None
 
@@ -260,12 +262,10 @@ class SlurmExecutor(Executor):
         jobs = ex.map_array(SlurmRun(), [str(t.path) for t in fresh])
         for task, job in zip(fresh, jobs):
             self.job_ids[task.run_id] = job.job_id
-            path = job_file(task.store, task.run_id)
-            info = read_json(path, default={}) or {}
-            info.update(job_id=job.job_id, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                        logs=str(job.paths.folder), resources=self.resources.submitit_parameters())
-            info.setdefault("submissions", []).append(job.job_id)
-            atomic_write_json(path, info)
+            update = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "logs": str(job.paths.folder), "resources": self.resources.submitit_parameters()}
+            update_json(job_file(task.store, task.run_id),
+                        lambda info, u=update, j=job.job_id: _append({**info, **u}, "submissions", j), default={})
         array = jobs[0].job_id.split("_")[0]
         self.options.log(f"submitted {len(fresh)} run(s) as Slurm job array {array} "
                          f"({self.resources.cpus_per_task} CPU(s)"
@@ -278,7 +278,13 @@ class SlurmExecutor(Executor):
         last: dict[str, str] = {}
         unknown_since: dict[str, float] = {}
         while True:
-            states = query_states(self.job_ids.values())
+            try:
+                states = query_states(self.job_ids.values())
+            except (SlurmError, subprocess.TimeoutExpired) as e:
+                # a busy or restarting slurmctld: the jobs go on; ask again
+                self.options.log(f"  Slurm did not answer ({e}); asking again in {self.resources.poll_s:g} s")
+                time.sleep(self.resources.poll_s)
+                continue
             alive = 0
             for run_id, jid in self.job_ids.items():
                 state = states.get(jid)
@@ -298,10 +304,8 @@ class SlurmExecutor(Executor):
                 break
             time.sleep(self.resources.poll_s)
         for run_id in self.job_ids:
-            path = job_file(self.stores[run_id], run_id)
-            info = read_json(path, default={}) or {}
-            info["final_state"] = last.get(run_id, "UNKNOWN")
-            atomic_write_json(path, info)
+            update_json(job_file(self.stores[run_id], run_id),
+                        lambda info, r=run_id: {**info, "final_state": last.get(r, "UNKNOWN")}, default={})
 
     def status(self, task: RunTask) -> str | None:
         jid = self.job_ids.get(task.run_id) or job_id_of(task.store, task.run_id)

@@ -198,7 +198,7 @@ def test_grid_on_slurm_survives_requeue_and_scancel(slurm, tmp_path):
     finishes the grid without redoing the finished run and without losing its record."""
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "autoseg", "benchmark", "--loss", "dice,ce", "--folds", "0", "--budget", "smoke",
-           "--epochs", "8", "--limit-cases", "10", "--work-dir", str(work), "--executor", "slurm",
+           "--epochs", "6", "--limit-cases", "10", "--work-dir", str(work), "--executor", "slurm",
            "--executor-option", "poll_s=1", "--executor-option", "timeout_min=30", "--executor-option", "mem_gb=3",
            "--json"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
