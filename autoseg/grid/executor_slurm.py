@@ -97,6 +97,8 @@ class SlurmResources:
             "ntasks_per_node": 1, "nodes": 1, "signal_delay_s": self.signal_delay_s,
             # the run's thread pools sized to its CPUs: more threads than CPUs slows a CPU run several-fold
             "setup": [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} nnUNet_def_n_proc={threads}"],
+            # a requeued job writes to the same log files: keep every attempt's lines (srun truncates by default)
+            "srun_args": ["--open-mode=append"],
         }
         if self.partition:
             p["partition"] = self.partition
