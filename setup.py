@@ -38,6 +38,8 @@ setup(
         "h5py>=3",  # the TransUNet release of Synapse
         "monai>=1.3",  # HD95 and normalised surface distance
         "pillow>=9",
+        "filelock>=3.12",  # locks on files concurrent runs share (plans, splits, trainer names, run records)
+        "submitit>=1.5",  # grid executors: submitit's local executor and Slurm
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "kornia>=0.7", "ruff>=0.5"],

@@ -42,6 +42,7 @@ class RunTask:
     device: str = "cpu"
     threads: int | None = None  # torch threads of the run (None: torch's default)
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the run
+    executor: str = ""  # the executor's name, recorded with the run
 
     @property
     def fold_dir(self) -> Path:

@@ -142,7 +142,7 @@ class Outcome:
 def adopt_finished(run: FoldRecord, fold_dir: Path, store: Store, dirs: WorkDirs) -> FoldRecord | None:
     """A run finished in nnU-Net's results folder before the store knew of it (an older ``autoseg.json``, or
     a store started afresh): its record is completed from the fold folder and put in the store."""
-    from autoseg.grid.worker import finish_record
+    from autoseg.grid.worker import finish_record, keep_dataset_json
 
     try:
         there = read_record(fold_dir)
@@ -154,6 +154,7 @@ def adopt_finished(run: FoldRecord, fold_dir: Path, store: Store, dirs: WorkDirs
         return None
     if not there.per_case or there.evaluation is None:
         finish_record(there, fold_dir, dirs.preprocessed, dirs.raw)
+    keep_dataset_json(fold_dir, store.path(run.run_id).parent)
     store.write(there)
     return there
 
@@ -197,7 +198,8 @@ def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device
         fold_dir.mkdir(parents=True, exist_ok=True)
         out.submitted.append(record)
         todo.append(RunTask(run_id=run.run_id, store=str(store.root), raw=str(dirs.raw),
-                            preprocessed=str(dirs.preprocessed), results=str(dirs.results), device=device))
+                            preprocessed=str(dirs.preprocessed), results=str(dirs.results), device=device,
+                            executor=executor))
     if todo:
         ex = get_executor(executor, ExecutorOptions(jobs=jobs, device=device, log=log,
                                                     extra=dict(executor_options or {})))

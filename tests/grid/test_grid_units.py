@@ -14,7 +14,7 @@ import pytest
 from autoseg.grid.spec import GridError, Target, expand, expand_losses, parse_loss_item, parse_seeds
 from autoseg.grid.store import Store
 from autoseg.io import atomic_write_json, file_lock, read_json, try_lock, update_json
-from autoseg.records import FoldRecord, read_record, write_record
+from autoseg.records import read_record, write_record
 from autoseg.trainers.names import parse_trainer_name, trainer_class_name
 
 
