@@ -197,8 +197,11 @@ def test_store_without_checkpoints_reports_the_same(grid, tmp_path):
         extra = ["--preprocessed", str(work / "nnUNet_preprocessed")] if name == "results" else []
         proc = _cli("report", str(folder), "--out", str(out), "--bootstrap", "20", *extra, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        tables[name] = sorted((out / "tables" / "metrics.csv").read_text().splitlines())
-    assert len(tables["store"]) > 1 and tables["store"] == tables["results"]
+        # every table but the run list, which names each run's folder and how its rows were obtained
+        tables[name] = {f.name: sorted(f.read_text().splitlines()) for f in (out / "tables").glob("*.csv")
+                        if f.name != "metrics_runs.csv"}
+    assert len(tables["store"]["metrics.csv"]) > 1 and any(n.startswith("ranking_") for n in tables["store"])
+    assert tables["store"] == tables["results"]
     # a machine that never held a checkpoint: the same grid there is done, nothing trained
     fresh = tmp_path / "fresh_results"
     env2 = {**env, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
