@@ -105,12 +105,12 @@ def estimate_seconds(prepared, device: str = "cpu") -> float | None:
         import torch
 
         from autoseg.io import read_json
-        from autoseg.plans.budget import _resolved
+        from autoseg.plans.budget import resolved_configuration
         from autoseg.plans.cost import estimate, machine_costs
         from autoseg.plans.planner import TRAIN_SHARE, build_network
 
         plans = read_json(prepared.plans_file)
-        block = _resolved(plans["configurations"], prepared.configuration)
+        block = resolved_configuration(plans["configurations"], prepared.configuration)
         dj = prepared.dataset.dataset_json
         in_channels = len(dj.get("channel_names", {"0": 0}))
         n_classes = len([k for k in dj["labels"] if k != "ignore"])

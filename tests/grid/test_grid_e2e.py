@@ -99,6 +99,8 @@ def test_killed_grid_finishes_each_run_exactly_once(grid):
     assert dry.returncode == 0, dry.stderr[-3000:]
     planned = json.loads(dry.stdout)
     assert len(planned["runs"]) == 8 and {r["state"] for r in planned["runs"]} == {"done"}
+    # the cost model's estimate of each run (nothing left to do, so nothing left to pay)
+    assert all(r["estimated_seconds"] > 0 for r in planned["runs"]) and planned["estimated_seconds"] == 0
     assert set(after) == {r["run_id"] for r in planned["runs"]}
     assert {(r.loss, json.dumps(r.loss_args), r.fold, r.seed) for r in after.values()} == {
         (loss, args, fold, seed) for loss, args in (("dice", "{}"), ("combo", '{"alpha": 0.3}'))
