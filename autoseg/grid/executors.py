@@ -11,6 +11,11 @@ class registered with :func:`register_executor`:
         def submit(self, tasks): ...      # start (or queue) the tasks
         def wait(self): ...               # return when every submitted task has ended
         def status(self, task): ...       # optional: the engine's view ("pending", "running", ...)
+        @classmethod
+        def record_status(cls, record): ...  # optional: the same from a run's record (its job_id)
+
+A module ``autoseg/grid/executor_<name>.py`` is imported when the table is first read, so an
+executor in its own file needs no other edit.
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ class Executor:
 
     def status(self, task: RunTask) -> str | None:
         """The engine's view of ``task`` (``pending``, ``running``, ``done``, ``failed``), or ``None``: ask the store."""
+        return None
+
+    @classmethod
+    def record_status(cls, record: Any) -> str | None:
+        """The engine's view of a run from its record alone (``autoseg benchmark status`` in a later process):
+        e.g. the Slurm state of ``record.job_id``. ``None``: the store's view stands."""
         return None
 
 

@@ -87,11 +87,19 @@ def format_status(records: Sequence[FoldRecord], states: Sequence[str], jobs: in
 
 
 def store_status(store: Store) -> tuple[list[FoldRecord], list[str]]:
-    """Every record of ``store`` with its state as seen now."""
+    """Every record of ``store`` with its state as seen now: the executor's view where it has one (a run queued
+    or running on Slurm, whose record the worker has not touched yet), else the store's."""
+    from autoseg.grid.executors import EXECUTORS, list_executors
+
+    list_executors()  # fills the table with the executors defined in their own modules
     records, states = [], []
     for _, record in store.records():
+        state = store.view(record.run_id, record)
+        engine = EXECUTORS.get(record.executor)
+        if engine is not None and state in ("pending", "running", "interrupted"):
+            state = engine.record_status(record) or state
         records.append(record)
-        states.append(store.view(record.run_id, record))
+        states.append(state)
     return records, states
 
 
