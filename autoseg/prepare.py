@@ -168,7 +168,7 @@ def ensure_splits(ds: ResolvedDataset, preprocessed_dir: Path, n_folds: int = N_
     path = preprocessed_dir / "splits_final.json"
     with file_lock(path):
         if (ds.raw_dir / SPLITS_FILE).is_file():
-            from autoseg.data.convert._write import install_splits
+            from autoseg.data.convert import install_splits
 
             try:
                 install_splits(ds.raw_dir, preprocessed_dir)

@@ -48,6 +48,7 @@ class FoldRecord:
     device: str = ""
     host: str = ""
     executor: str = ""
+    job_id: str | None = None  # the executor's id of the job running it (a Slurm job), where it has one
     started: str | None = None
     finished: str | None = None
     wall_seconds: float | None = None  # of the attempt that finished it

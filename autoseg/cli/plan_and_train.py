@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--folds", default="0", help="folds to train: 0, 0-4, 0,2 or all (default: 0)")
     p.add_argument("--seed", type=int, default=0,
                    help="training seed (default 0: nnU-Net's unseeded behaviour); another seed is another run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="folds at once, each in its own process with its share of the cores (default 1: one after "
+                        "another in this process, as `autoseg benchmark --executor inline`)")
     add_budget_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     return p
@@ -136,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.losses import UnknownLossError
     from autoseg.pipeline import PipelineError, plan_and_train
 
+    if args.jobs < 1:
+        raise CliError(f"--jobs must be at least 1, got {args.jobs}")
     budget, plan = resolve_budget(args, [args.dataset])
     if plan is not None:
         plan.arch = args.arch
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
             device=args.device, work_dir=args.work_dir, verify=args.verify,
             num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch, plan=plan,
-            seed=args.seed, store=args.store,
+            seed=args.seed, store=args.store, executor="local" if args.jobs > 1 else "inline", jobs=args.jobs,
         )
 
     try:

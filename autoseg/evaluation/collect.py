@@ -327,14 +327,7 @@ def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = 
     ``pool``: an executor whose ``map`` computes the new cases in parallel (None: in this process).
     Sets ``run.state``, ``run.n_cases`` and ``run.n_computed``.
     """
-    info = load_dataset_info(run, preprocessed, raw)
-    run.natural_image = info.natural_image
-    with_distances = distances == "always" or (distances == "auto" and not info.natural_image)
-    labels = info.evaluated_labels()
-    val = run.path / "validation"
-    ending = info.file_ending
-    preds = sorted(p for p in val.glob(f"*{ending}") if p.is_file()) if val.is_dir() else []
-    if not preds:
+    if not (run.path / "validation").is_dir():
         # a result store (or a results folder without predictions): the metric rows the run recorded
         from autoseg.evaluation.store_rows import rows_from_record
         from autoseg.records import read_record
@@ -346,6 +339,14 @@ def evaluate_run(run: Run, preprocessed: Path | None = None, raw: Path | None = 
         stored = rows_from_record(record, run, tolerance_mm, distances) if record is not None else None
         if stored is not None:
             return stored
+    info = load_dataset_info(run, preprocessed, raw)
+    run.natural_image = info.natural_image
+    with_distances = distances == "always" or (distances == "auto" and not info.natural_image)
+    labels = info.evaluated_labels()
+    val = run.path / "validation"
+    ending = info.file_ending
+    preds = sorted(p for p in val.glob(f"*{ending}") if p.is_file()) if val.is_dir() else []
+    if not preds:
         run.state = "no validation predictions"
         return []
     summary = _read_json(val / "summary.json") or {}

@@ -7,8 +7,9 @@ records the outcome). Resources per run come from ``--executor-option`` (see
 (``--signal=USR2@signal_delay_s``, set by submitit), submitit calls :meth:`SlurmRun.checkpoint`
 and requeues the job; the requeued job resumes the run from nnU-Net's latest checkpoint.
 
-Where things are, per run: the job ids of every submission in ``<store>/<run_id>/slurm_job.json``
-(read by ``autoseg benchmark status``, so the states of queued and running runs come from Slurm),
+Where things are, per run: the id of its current job in its record (``job_id``, with
+``executor="slurm"``), which ``autoseg benchmark status`` asks Slurm about, so the states of queued
+and running runs come from Slurm; every submission and attempt in ``<store>/<run_id>/slurm_job.json``;
 and submitit's logs (stdout, stderr, pickles) in ``<results>/submitit/<job id>/``, a folder per
 run (per array task) whose paths the same file lists.
 """
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.grid.executors import Executor, ExecutorOptions, RunTask, register_executor
-from autoseg.io import read_json, update_json
+from autoseg.grid.store import Store
+from autoseg.io import update_json
 
 JOB_FILE = "slurm_job.json"
 
@@ -119,9 +121,12 @@ class SlurmRun:
     signal (preemption, or the time limit coming) and requeues the job with what it returns."""
 
     def __call__(self, task_path: str) -> int:
+        import submitit
+
         from autoseg.grid.worker import execute_path
 
-        _note_attempt(task_path)
+        # the submitting command wrote this job's id into the run's record before releasing the job
+        _note_attempt(RunTask.read(task_path), submitit.JobEnvironment().job_id)
         return execute_path(task_path)
 
     def checkpoint(self, task_path: str) -> Any:
@@ -132,13 +137,29 @@ class SlurmRun:
         return submitit.helpers.DelayedSubmission(self, task_path)
 
 
-def _note_attempt(task_path: str) -> None:
+def set_job_id(store: Store, run_id: str, job_id: str) -> bool:
+    """Write ``job_id`` (and ``executor="slurm"``) into the run's record, under the run's lock; False when
+    another process holds the run (then its record is left as it is)."""
+    lock = store.try_claim(run_id)
+    if lock is None:
+        return False
+    try:
+        record = store.read(run_id)
+        if record is None or (record.job_id == job_id and record.executor == "slurm"):
+            return record is not None
+        record.job_id, record.executor = job_id, "slurm"
+        store.write(record)
+        return True
+    finally:
+        lock.release()
+
+
+def _note_attempt(task: RunTask, job_id: str) -> None:
     """In the job: add this attempt (job id, node, log files) to the run's job file."""
     import submitit
 
-    task = RunTask.read(task_path)
     env = submitit.JobEnvironment()
-    attempt = {"job_id": env.job_id, "host": env.hostname, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    attempt = {"job_id": job_id, "host": env.hostname, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
                "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
     # under the file's lock: the submitting command may be writing the job id into it at this moment
@@ -155,9 +176,12 @@ def job_file(store: str | os.PathLike, run_id: str) -> Path:
 
 
 def job_id_of(store: str | os.PathLike, run_id: str) -> str | None:
-    """The id of the last job submitted for ``run_id`` (``<array id>_<task index>``), or None."""
-    info = read_json(job_file(store, run_id), default=None)
-    return info.get("job_id") if isinstance(info, dict) else None
+    """The id (``<array id>_<task index>``) of the last Slurm job of ``run_id``, from its record, or None."""
+    try:
+        record = Store(store).read(run_id)
+    except ValueError:
+        return None
+    return record.job_id if record is not None and record.executor == "slurm" else None
 
 
 def _run_slurm(cmd: list[str], timeout: float = 60) -> str:
@@ -250,6 +274,9 @@ class SlurmExecutor(Executor):
                 # a job of an earlier invocation still queued or running: wait for it instead of a second one
                 self.options.log(f"  {task.run_id}: Slurm job {jid} is {states[jid]}; waiting for it")
                 self.job_ids[task.run_id] = jid
+                if states[jid] == "PENDING":
+                    # held by an invocation that stopped between sbatch and its release
+                    subprocess.run(["scontrol", "release", jid], capture_output=True)
                 continue
             task.threads = self.resources.cpus_per_task
             task.visible_devices = None  # Slurm sets CUDA_VISIBLE_DEVICES to the GPUs it gives the job
@@ -260,15 +287,19 @@ class SlurmExecutor(Executor):
             return
         folder = Path(fresh[0].results) / "submitit" / "%j"
         ex = self._submitit.SlurmExecutor(folder=str(folder), max_num_timeout=self.resources.max_num_timeout)
-        ex.update_parameters(**self.resources.submitit_parameters())
+        # submitted held, and released once every record names its job: no worker can start (and claim its
+        # run) while this process writes the job ids, and a queued run's status comes from Slurm
+        ex.update_parameters(**self.resources.submitit_parameters(), additional_parameters={"hold": True})
         jobs = ex.map_array(SlurmRun(), [str(t.path) for t in fresh])
         for task, job in zip(fresh, jobs):
             self.job_ids[task.run_id] = job.job_id
+            set_job_id(Store(task.store), task.run_id, job.job_id)
             update = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
                       "logs": str(job.paths.folder), "resources": self.resources.submitit_parameters()}
             update_json(job_file(task.store, task.run_id),
                         lambda info, u=update, j=job.job_id: _append({**info, **u}, "submissions", j), default={})
         array = jobs[0].job_id.split("_")[0]
+        _run_slurm(["scontrol", "release", array])
         self.options.log(f"submitted {len(fresh)} run(s) as Slurm job array {array} "
                          f"({self.resources.cpus_per_task} CPU(s)"
                          + (f", {self.resources.mem_gb:g} GB" if self.resources.mem_gb else "")
@@ -317,19 +348,23 @@ class SlurmExecutor(Executor):
         return None if state is None or state not in ALIVE else VIEW.get(state, "pending")
 
     @classmethod
-    def views(cls, store: Any, run_ids: Sequence[str]) -> dict[str, str]:
-        """The runs Slurm still holds: ``running`` or ``pending`` (queued, requeued) as Slurm says, read
-        from the job file beside each record. Runs whose job ended are left to the store's record."""
-        ids = {r: job_id_of(store.root, r) for r in run_ids}
-        ids = {r: j for r, j in ids.items() if j}
-        if not ids or shutil.which("squeue") is None:
-            return {}
+    def record_status(cls, record: Any) -> str | None:
+        """Slurm's view of a run from its record's ``job_id``: ``pending`` (queued, requeued) or ``running``
+        while Slurm holds the job; ``interrupted`` for a record left ``running`` by a job Slurm has ended
+        (cancelled, timed out, node lost); otherwise None (the record decides)."""
+        jid = getattr(record, "job_id", None)
+        if not jid or shutil.which("squeue") is None:
+            return None
         try:
-            states = query_states(ids.values())
+            state = query_states([jid]).get(jid)
         except (SlurmError, OSError, subprocess.TimeoutExpired):
-            return {}
-        return {r: VIEW.get(states[j], "pending") for r, j in ids.items() if states.get(j) in ALIVE}
+            return None
+        if state in ALIVE:
+            return VIEW.get(state, "pending")
+        if state is not None and record.status == "running":
+            return "interrupted"
+        return None
 
 
 __all__ = ["ALIVE", "JOB_FILE", "SlurmError", "SlurmExecutor", "SlurmResources", "SlurmRun", "job_file", "job_id_of",
-           "query_states"]
+           "query_states", "set_job_id"]

@@ -11,6 +11,11 @@ class registered with :func:`register_executor`:
         def submit(self, tasks): ...      # start (or queue) the tasks
         def wait(self): ...               # return when every submitted task has ended
         def status(self, task): ...       # optional: the engine's view ("pending", "running", ...)
+        @classmethod
+        def record_status(cls, record): ...  # optional: the same from a run's record (its job_id)
+
+A module ``autoseg/grid/executor_<name>.py`` is imported when the table is first read, so an
+executor in its own file needs no other edit.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class RunTask:
     device: str = "cpu"
     threads: int | None = None  # torch threads of the run (None: torch's default)
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the run
+    executor: str = ""  # the executor's name, recorded with the run
 
     @property
     def fold_dir(self) -> Path:
@@ -101,10 +107,10 @@ class Executor:
         return None
 
     @classmethod
-    def views(cls, store: Any, run_ids: Sequence[str]) -> dict[str, str]:
-        """For ``autoseg benchmark status`` in a later process: the state of each run this kind of engine
-        still holds (a queue's ``pending``/``running``), which wins over the store's view. Default: none."""
-        return {}
+    def record_status(cls, record: Any) -> str | None:
+        """The engine's view of a run from its record alone (``autoseg benchmark status`` in a later process):
+        e.g. the Slurm state of ``record.job_id``. ``None``: the store's view stands."""
+        return None
 
 
 EXECUTORS: dict[str, type[Executor]] = {}
@@ -141,15 +147,6 @@ def get_executor(name: str, options: ExecutorOptions) -> Executor:
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
     return EXECUTORS[name](options)
-
-
-def engine_views(store: Any, run_ids: Sequence[str]) -> dict[str, str]:
-    """Run id -> state, from every executor that can still see runs of ``store`` (Slurm's queue, for one)."""
-    _load_plugins()
-    out: dict[str, str] = {}
-    for cls in EXECUTORS.values():
-        out.update(cls.views(store, run_ids))
-    return out
 
 
 def list_executors() -> list[str]:
@@ -325,6 +322,6 @@ class SubmititLocalExecutor(Executor):
                 "FAILED": "failed"}.get(job.state.upper())
 
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "RunTask", "available_cores", "engine_views", "get_executor", "gpu_ids",
+__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "RunTask", "available_cores", "get_executor", "gpu_ids",
            "list_executors", "register_executor", "share", "worker_env"]
 

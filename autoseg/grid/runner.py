@@ -105,12 +105,12 @@ def estimate_seconds(prepared, device: str = "cpu") -> float | None:
         import torch
 
         from autoseg.io import read_json
-        from autoseg.plans.budget import _resolved
+        from autoseg.plans.budget import resolved_configuration
         from autoseg.plans.cost import estimate, machine_costs
         from autoseg.plans.planner import TRAIN_SHARE, build_network
 
         plans = read_json(prepared.plans_file)
-        block = _resolved(plans["configurations"], prepared.configuration)
+        block = resolved_configuration(plans["configurations"], prepared.configuration)
         dj = prepared.dataset.dataset_json
         in_channels = len(dj.get("channel_names", {"0": 0}))
         n_classes = len([k for k in dj["labels"] if k != "ignore"])
@@ -142,7 +142,7 @@ class Outcome:
 def adopt_finished(run: FoldRecord, fold_dir: Path, store: Store, dirs: WorkDirs) -> FoldRecord | None:
     """A run finished in nnU-Net's results folder before the store knew of it (an older ``autoseg.json``, or
     a store started afresh): its record is completed from the fold folder and put in the store."""
-    from autoseg.grid.worker import finish_record
+    from autoseg.grid.worker import finish_record, keep_dataset_json
 
     try:
         there = read_record(fold_dir)
@@ -154,6 +154,7 @@ def adopt_finished(run: FoldRecord, fold_dir: Path, store: Store, dirs: WorkDirs
         return None
     if not there.per_case or there.evaluation is None:
         finish_record(there, fold_dir, dirs.preprocessed, dirs.raw)
+    keep_dataset_json(fold_dir, store.path(run.run_id).parent)
     store.write(there)
     return there
 
@@ -197,7 +198,8 @@ def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device
         fold_dir.mkdir(parents=True, exist_ok=True)
         out.submitted.append(record)
         todo.append(RunTask(run_id=run.run_id, store=str(store.root), raw=str(dirs.raw),
-                            preprocessed=str(dirs.preprocessed), results=str(dirs.results), device=device))
+                            preprocessed=str(dirs.preprocessed), results=str(dirs.results), device=device,
+                            executor=executor))
     if todo:
         ex = get_executor(executor, ExecutorOptions(jobs=jobs, device=device, log=log,
                                                     extra=dict(executor_options or {})))

@@ -87,16 +87,20 @@ def format_status(records: Sequence[FoldRecord], states: Sequence[str], jobs: in
 
 
 def store_status(store: Store) -> tuple[list[FoldRecord], list[str]]:
-    """Every record of ``store`` with its state as seen now (from the scheduler for runs it still holds)."""
-    from autoseg.grid.executors import engine_views
+    """Every record of ``store`` with its state as seen now: the executor's view where it has one (a run queued
+    or running on Slurm, whose record the worker has not touched yet), else the store's."""
+    from autoseg.grid.executors import EXECUTORS, list_executors
 
+    list_executors()  # fills the table with the executors defined in their own modules
     records, states = [], []
     for _, record in store.records():
+        state = store.view(record.run_id, record)
+        engine = EXECUTORS.get(record.executor)
+        if engine is not None and state in ("pending", "running", "interrupted"):
+            state = engine.record_status(record) or state
         records.append(record)
-        states.append(store.view(record.run_id, record))
-    # a run still queued or running on a cluster: its state as the cluster's scheduler gives it
-    live = engine_views(store, [r.run_id for r in records])
-    return records, [live.get(r.run_id, s) for r, s in zip(records, states)]
+        states.append(state)
+    return records, states
 
 
 __all__ = ["format_status", "progress_bar", "run_row", "store_status", "summarize"]

@@ -65,7 +65,7 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     fold_dir.mkdir(parents=True, exist_ok=True)
     record.status, record.error, record.attempts = "running", None, record.attempts + 1
     record.started, record.finished, record.host = _now(), None, socket.gethostname()
-    record.device = task.device
+    record.device, record.executor = task.device, task.executor
     save(record, store, fold_dir)
     try:
         if task.threads:
@@ -88,8 +88,19 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
         (fold_dir / "autoseg_error.txt").write_text(traceback.format_exc())
         return FAILED
     record.status, record.finished, record.wall_seconds = "done", _now(), round(time.time() - t0, 1)
+    keep_dataset_json(fold_dir, store.path(record.run_id).parent)
     save(record, store, fold_dir)
     return 0
+
+
+def keep_dataset_json(fold_dir: Path, store_fold_dir: Path) -> None:
+    """Copy nnU-Net's ``dataset.json`` of the run (labels, file ending) beside the run in the store, as nnU-Net
+    keeps it in its results folder: a store read on another machine needs no raw or preprocessed data."""
+    from autoseg.io import atomic_write_text
+
+    src, dst = fold_dir.parent / "dataset.json", store_fold_dir.parent / "dataset.json"
+    if src.is_file() and not dst.is_file():
+        atomic_write_text(dst, src.read_text())
 
 
 def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: Callable[[str], None]) -> int:

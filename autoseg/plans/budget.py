@@ -136,6 +136,11 @@ def transformer_patch(patch: list[int]) -> list[int]:
     return out
 
 
+def resolved_configuration(configs: dict, name: str) -> dict:
+    """The configuration ``name`` of a plans file's ``configurations`` with its ``inherits_from`` chain merged."""
+    return _resolved(configs, name)
+
+
 def _resolved(configs: dict, name: str) -> dict:
     entry = configs[name]
     if "inherits_from" in entry:

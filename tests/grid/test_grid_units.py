@@ -14,7 +14,7 @@ import pytest
 from autoseg.grid.spec import GridError, Target, expand, expand_losses, parse_loss_item, parse_seeds
 from autoseg.grid.store import Store
 from autoseg.io import atomic_write_json, file_lock, read_json, try_lock, update_json
-from autoseg.records import FoldRecord, read_record, write_record
+from autoseg.records import read_record, write_record
 from autoseg.trainers.names import parse_trainer_name, trainer_class_name
 
 
@@ -165,3 +165,55 @@ def test_lock_is_freed_when_its_process_is_killed(tmp_path):
     lock.release()
     with file_lock(target, timeout=1):
         assert read_json(target) == {"a": 1}
+
+
+def test_executor_table_and_share_of_the_machine(monkeypatch, tmp_path):
+    from autoseg.grid import executors as ex
+
+    assert {"inline", "local", "submitit_local"} <= set(ex.list_executors())
+    with pytest.raises(ValueError, match="unknown executor 'nope'"):
+        ex.get_executor("nope", ex.ExecutorOptions())
+
+    @ex.register_executor("test_recorder")
+    class Recorder(ex.Executor):
+        def submit(self, tasks):
+            self.got = list(tasks)
+
+        def wait(self):
+            pass
+
+    try:
+        made = ex.get_executor("test_recorder", ex.ExecutorOptions(jobs=3))
+        assert isinstance(made, Recorder) and made.options.jobs == 3
+    finally:
+        del ex.EXECUTORS["test_recorder"]
+    monkeypatch.setattr(ex, "available_cores", lambda: 16)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+
+    def task():
+        return ex.RunTask("D/t__p__c/fold_0", str(tmp_path / "s"), "r", "p", str(tmp_path / "res"), device="cuda")
+
+    t = ex.share(task(), slot=3, jobs=4, device="cuda")
+    assert t.threads == 4 and t.visible_devices == "5"  # slot 3 of two GPUs: the second
+    env = ex.worker_env(t)
+    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "5"
+    assert ex.share(task(), 0, 32, "cpu").threads == 1 and ex.share(task(), 0, 32, "cpu").visible_devices is None
+    written = t.write()
+    assert ex.RunTask.read(written) == t
+
+
+def test_local_executor_a_crash_stops_only_its_run(tmp_path):
+    """Workers that die (here: no record in the store) end with an error; the others still run, at most
+    ``jobs`` at once."""
+    from autoseg.grid import executors as ex
+
+    tasks = [ex.RunTask(f"D/t__p__c/fold_{i}", str(tmp_path / "store"), "r", "p", str(tmp_path / "res"))
+             for i in range(3)]
+    logs: list[str] = []
+    local = ex.get_executor("local", ex.ExecutorOptions(jobs=2, log=logs.append))
+    local.submit(tasks)
+    local.wait()
+    assert sorted(local.results) == [t.run_id for t in tasks]
+    assert all(code != 0 for code in local.results.values())
+    assert "no record of D/t__p__c/fold_2" in tasks[2].log_path.read_text()
+    assert sum("slot 1" in m for m in logs) >= 1 and not any("slot 2" in m for m in logs)

@@ -134,46 +134,44 @@ def test_node_and_submitit_job_array(slurm, tmp_path):
 def test_status_of_queued_runs_comes_from_slurm(slurm, tmp_path):
     """A run Slurm holds shows as Slurm says (the store alone would say pending), and once the job is gone
     the store's record decides again."""
-    from autoseg.grid.executors import engine_views
     from autoseg.grid.status import store_status
 
     store = Store(tmp_path / "store")
     rec = FoldRecord(dataset="Dataset001_X", configuration="3d_fullres", trainer="nnUNetTrainer_autoseg_dice", fold=0,
-                     loss="dice")
-    store.write(rec)
+                     loss="dice", executor="slurm")
     sbatch = ["sbatch", "--parsable", "-o", "/dev/null", "-c", "1", "--mem=100M"]
     held = subprocess.run(sbatch + ["--hold", "--wrap", "sleep 1"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    job_file(store.root, rec.run_id).write_text(json.dumps({"job_id": held}))
     try:
-        assert engine_views(store, [rec.run_id]) == {rec.run_id: "pending"}
+        rec.job_id = held
+        store.write(rec)
+        assert store_status(store)[1] == ["pending"]
         subprocess.run(["scancel", held], check=True)
         running = subprocess.run(sbatch + ["--wrap", "sleep 60"], capture_output=True, text=True,
                                  check=True).stdout.strip()
-        job_file(store.root, rec.run_id).write_text(json.dumps({"job_id": running}))
+        rec.job_id = running
+        store.write(rec)
         _wait(lambda: query_states([running]).get(running) == "RUNNING", 60, f"job {running} to run")
         assert store.view(rec.run_id) == "pending"  # the record alone does not know
-        records, states = store_status(store)
-        assert states == ["running"]
+        assert store_status(store)[1] == ["running"]
         subprocess.run(["scancel", running], check=True)
         _wait(lambda: query_states([running]).get(running) == "CANCELLED", 60, f"job {running} to be cancelled")
-        assert engine_views(store, [rec.run_id]) == {}
-        assert store_status(store)[1] == ["pending"]
+        assert store_status(store)[1] == ["pending"]  # the job is gone: the record decides
     finally:
         subprocess.run(["scancel", held], capture_output=True)
 
 
 def test_rerun_waits_for_a_job_slurm_still_holds(slurm, tmp_path):
-    """A run whose job of an earlier invocation is still queued gets no second job: the executor waits for it."""
+    """A run whose job of an earlier invocation is still queued gets no second job: the executor waits for
+    it, and releases it if that invocation stopped before releasing its held array."""
     from autoseg.grid.executor_slurm import SlurmExecutor
 
     store = Store(tmp_path / "store")
-    rec = FoldRecord(dataset="Dataset001_X", configuration="3d_fullres", trainer="nnUNetTrainer_autoseg_dice", fold=0,
-                     loss="dice")
-    store.write(rec)
     held = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--mem=100M", "--hold", "--wrap", "sleep 1"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    job_file(store.root, rec.run_id).write_text(json.dumps({"job_id": held, "submissions": [held]}))
+    rec = FoldRecord(dataset="Dataset001_X", configuration="3d_fullres", trainer="nnUNetTrainer_autoseg_dice", fold=0,
+                     loss="dice", executor="slurm", job_id=held)
+    store.write(rec)
     logs: list[str] = []
     ex = SlurmExecutor(ExecutorOptions(log=logs.append, extra={"poll_s": 0.5}))
     try:
@@ -181,11 +179,11 @@ def test_rerun_waits_for_a_job_slurm_still_holds(slurm, tmp_path):
                            results=str(tmp_path / "results"))])
         assert ex.job_ids == {rec.run_id: held} and not (tmp_path / "results").exists()  # nothing submitted
         assert any(f"Slurm job {held} is PENDING; waiting for it" in m for m in logs)
+        ex.wait()  # returns once Slurm says the job ended: it was released, and ran
     finally:
-        subprocess.run(["scancel", held], check=True)
-    ex.wait()  # returns once Slurm says the job ended
-    info = json.loads(job_file(store.root, rec.run_id).read_text())
-    assert info["submissions"] == [held] and info["final_state"] == "CANCELLED"
+        subprocess.run(["scancel", held], capture_output=True)
+    assert json.loads(job_file(store.root, rec.run_id).read_text())["final_state"] == "COMPLETED"
+    assert _sacct(held) == [(held, "COMPLETED")]
 
 
 def _record(store: Path, run_id: str) -> dict:
@@ -253,6 +251,7 @@ def test_grid_on_slurm_survives_requeue_and_scancel(slurm, tmp_path):
     assert log.count("Starting with JobEnvironment") == 2 and "Requeued job" in log
     assert "resuming from checkpoint_latest.pth at epoch" in log or "running the validation only" in log
     assert _record(store, preempted)["attempts"] == 2
+    assert (_record(store, preempted)["job_id"], _record(store, preempted)["executor"]) == (ids[preempted], "slurm")
 
     done_record = (store / preempted / "autoseg.json").read_bytes()
     status = subprocess.run([sys.executable, "-m", "autoseg", "benchmark", "status", "--work-dir", str(work), "--json"],

@@ -245,5 +245,7 @@ def install_splits(raw_dataset_dir: str | Path, preprocessed_dataset_dir: str | 
             return dst
         raise FileExistsError(f"{dst} exists with other folds; models trained on it would no longer match. "
                               "Pass force=True only if nothing was trained with it")
-    dst.write_text(json.dumps(splits, indent=2) + "\n")
+    from autoseg.io import atomic_write_text
+
+    atomic_write_text(dst, json.dumps(splits, indent=2) + "\n")  # nnU-Net and concurrent runs read it
     return dst
