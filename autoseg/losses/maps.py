@@ -149,18 +149,16 @@ def compute_maps(
     spacing: Sequence[float] | None = None,
     ignore_index: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """The requested kinds for a batch of label maps ``[B, *spatial]`` or ``[B, 1, *spatial]``.
+    """The requested kinds for a batch of label maps ``[B, *spatial]`` (2 or 3 spatial dimensions).
 
     Returns one float32 array ``[B, C, *spatial]`` per kind (see the module docstring for the
-    definitions and the empty-class and ignore-label conventions).
+    definitions and the empty-class and ignore-label conventions). A channel axis must be removed
+    first (``[B, 1, *spatial]`` is ambiguous with a 3-D map of depth 1).
     """
     kinds = check_kinds(kinds)
     labels = np.asarray(labels)
-    if labels.ndim in (4, 5) and labels.shape[1] == 1:
-        labels = labels[:, 0]
     if labels.ndim not in (3, 4):
-        raise ValueError(f"labels must be [B, *spatial] or [B, 1, *spatial] with 2 or 3 spatial dims, "
-                         f"got shape {labels.shape}")
+        raise ValueError(f"labels must be [B, *spatial] with 2 or 3 spatial dims, got shape {labels.shape}")
     per_case = [case_maps(lab, num_classes, kinds, spacing, ignore_index) for lab in labels]
     return {k: np.stack([m[k] for m in per_case]) for k in kinds}
 
@@ -172,7 +170,7 @@ def compute_maps_torch(
     spacing: Sequence[float] | None = None,
     ignore_index: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """:func:`compute_maps` for a torch target; the maps come back on the target's device.
+    """:func:`compute_maps` for a torch target ``[B, *spatial]``; the maps come back on the target's device.
 
     This is the standalone path of the losses (a round trip through the CPU on every call); inside
     nnU-Net the workers compute the same maps once per patch.

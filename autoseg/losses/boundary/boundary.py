@@ -42,7 +42,36 @@ def boundary_term(
     return masked_voxel_mean(per_voxel, valid_mask(target, ignore_index), reduction)
 
 
-@register_loss("boundary", category="boundary", extra_inputs=("signed_distance",),
+def boundary_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    signed_distance: torch.Tensor | None = None,
+    alpha: float = 0.01,
+    ignore_index: int | None = None,
+    include_background: bool = False,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    spacing: Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Soft Dice loss + ``alpha`` * :func:`boundary_term`, at a fixed ``alpha`` (the module ramps it).
+
+    Example:
+        >>> target = torch.zeros(1, 8, 8, dtype=torch.long)
+        >>> target[0, 2:6, 2:6] = 1
+        >>> perfect = 20 * torch.nn.functional.one_hot(target, 2).movedim(-1, 1).float()
+        >>> float(boundary_loss(perfect, target, alpha=1.0)) < float(boundary_loss(-perfect, target, alpha=1.0))
+        True
+    """
+    check_reduction(reduction)
+    region = dice_loss(logits, target, ignore_index, include_background, batch, smooth, reduction)
+    term = boundary_term(logits, target, signed_distance, ignore_index, include_background, spacing, reduction)
+    if reduction == "none" and batch:
+        term = term.mean().reshape(1)
+    return region + alpha * term
+
+
+@register_loss("boundary", category="boundary", function=boundary_loss, extra_inputs=("signed_distance",),
                citation="Kervadec et al. Boundary loss for highly unbalanced segmentation. MIDL 2019 / MedIA 2021 "
                         "(arXiv:1812.07032)")
 class BoundaryLoss(nn.Module):
@@ -81,10 +110,5 @@ class BoundaryLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
         check_extras(extras, self.extra_inputs, "boundary")
-        region = dice_loss(logits, target, self.ignore_index, self.include_background, self.batch, self.smooth,
-                           self.reduction)
-        term = boundary_term(logits, target, extras.get("signed_distance"), self.ignore_index,
-                             self.include_background, self.spacing, self.reduction)
-        if self.reduction == "none" and self.batch:
-            term = term.mean().reshape(1)
-        return region + self.alpha * term
+        return boundary_loss(logits, target, extras.get("signed_distance"), self.alpha, self.ignore_index,
+                             self.include_background, self.batch, self.smooth, self.spacing, self.reduction)

@@ -33,9 +33,16 @@ def hausdorff_dt_loss(
     ``distance`` map, handed in or computed from ``target``), :math:`d_{p,c}` the same for the
     thresholded prediction (the arg-max one-hot; for two classes this is the paper's p > 0.5),
     computed here on every call, on the GPU when the logits are there, and not differentiated (as
-    the paper). Distances are in the units of ``spacing`` (voxels by default). Classes absent from
+    the paper); ignored voxels count as no class there, as in the ground truth. Distances are in
+    the units of ``spacing`` (voxels by default). Classes absent from
     the ground truth (or from the prediction) have a zero map, as the reference code. Ignored voxels
     add nothing. A perfect prediction gives 0.
+
+    Example:
+        >>> target = torch.tensor([[[0, 0, 1, 1]]])
+        >>> perfect = 20 * torch.nn.functional.one_hot(target, 2).movedim(-1, 1).float()
+        >>> float(hausdorff_dt_loss(perfect, target)) < 1e-12
+        True
     """
     check_reduction(reduction)
     alpha = check_positive("alpha", alpha)
@@ -48,6 +55,10 @@ def hausdorff_dt_loss(
     t = one_hot(target, num_classes, mask, probs.dtype)
     with torch.no_grad():
         pred = torch.nn.functional.one_hot(logits.argmax(1), num_classes).movedim(-1, 1)
+        if mask is not None:
+            # Ignored voxels belong to no class in the prediction either (as in the ground-truth
+            # maps), so their logits cannot move the distances elsewhere.
+            pred = pred * mask.unsqueeze(1)
         spatial = pred.shape[2:]
         d_p = distance_to_boundary_torch(pred.reshape(-1, *spatial), spacing).reshape(pred.shape)
     per_class = (probs - t) ** 2 * (d_t ** alpha + d_p ** alpha)

@@ -10,10 +10,12 @@ from torch import nn
 from autoseg.losses._functional import masked_probabilities, probabilities, reduce, select_classes, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
 from autoseg.losses.maps import check_extras, resolve_map
+from autoseg.losses.pixel.ce import cross_entropy
+from autoseg.losses.region.dice import dice_loss
 from autoseg.losses.registry import register_loss
 
 
-def skeleton_recall_loss(
+def skeleton_recall_term(
     logits: torch.Tensor,
     target: torch.Tensor,
     tubed_skeleton: torch.Tensor | None = None,
@@ -34,8 +36,8 @@ def skeleton_recall_loss(
     from ``target``. Their code skeletonises the union of all foreground classes and labels it
     afterwards; autoseg skeletonises each class (the same for one foreground class). Their loss is
     ``-recall``; ``1 - recall`` differs by a constant and makes a perfect prediction 0. A class
-    without skeleton voxels scores recall 1 (smooth / smooth). The paper adds this term to nnU-Net's
-    Dice + CE: use ``"dice_ce+skeleton_recall"``.
+    without skeleton voxels scores recall 1 (smooth / smooth). The registered loss adds it to
+    nnU-Net's Dice + CE, as the paper (:func:`skeleton_recall_loss`).
     """
     check_reduction(reduction)
     check_positive("smooth", smooth)
@@ -55,25 +57,63 @@ def skeleton_recall_loss(
     return reduce(1 - recall.mean(1), reduction)
 
 
+def skeleton_recall_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    tubed_skeleton: torch.Tensor | None = None,
+    weight: float = 1.0,
+    ignore_index: int | None = None,
+    include_background: bool = False,
+    batch: bool = False,
+    smooth: float = 1e-5,
+    smooth_recall: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Kirchhoff et al.'s training loss: soft Dice + CE + ``weight`` * (1 - skeleton recall).
+
+    Dice uses ``smooth`` (nnU-Net's 1e-5), the recall ``smooth_recall`` (1, the reference code's).
+
+    Example:
+        >>> target = torch.zeros(1, 9, 9, dtype=torch.long)
+        >>> target[0, 4, 1:8] = 1  # a thin line: its tubed skeleton is the line
+        >>> perfect = 20 * torch.nn.functional.one_hot(target, 2).movedim(-1, 1).float()
+        >>> round(float(skeleton_recall_term(perfect, target)), 6)
+        0.0
+        >>> round(float(skeleton_recall_term(-perfect, target)), 3)  # no skeleton voxel recalled
+        0.875
+    """
+    region = dice_loss(logits, target, ignore_index, include_background, batch, smooth, reduction)
+    ce = cross_entropy(logits, target, None, ignore_index, reduction)
+    term = skeleton_recall_term(logits, target, tubed_skeleton, ignore_index, include_background, batch,
+                                smooth_recall, reduction)
+    if reduction == "none" and batch:
+        ce = ce.mean().reshape(1)
+    return region + ce + weight * term
+
+
 @register_loss("skeleton_recall", category="boundary", function=skeleton_recall_loss,
                extra_inputs=("tubed_skeleton",),
                citation="Kirchhoff et al. Skeleton Recall Loss for connectivity conserving and resource efficient "
                         "segmentation of thin tubular structures. ECCV 2024 (arXiv:2404.03010)")
 class SkeletonRecallLoss(nn.Module):
-    """Skeleton Recall: 1 - soft recall of the ground truth's tubed skeleton, per class (add it to dice_ce)."""
+    """Skeleton Recall: Dice + CE + weight * (1 - soft recall of the ground truth's tubed skeleton), per class."""
 
     extra_inputs: ClassVar[tuple[str, ...]] = ("tubed_skeleton",)
 
-    def __init__(self, include_background: bool = False, batch: bool = False, smooth: float = 1.0,
-                 ignore_index: int | None = None, reduction: str = "mean"):
+    def __init__(self, weight: float = 1.0, include_background: bool = False, batch: bool = False,
+                 smooth: float = 1e-5, smooth_recall: float = 1.0, ignore_index: int | None = None,
+                 reduction: str = "mean"):
         super().__init__()
+        self.weight = check_positive("weight", weight, allow_zero=True)
         self.include_background = bool(include_background)
         self.batch = bool(batch)
-        self.smooth = check_positive("smooth", smooth)
+        self.smooth = check_positive("smooth", smooth, allow_zero=True)
+        self.smooth_recall = check_positive("smooth_recall", smooth_recall)
         self.ignore_index = ignore_index
         self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
         check_extras(extras, self.extra_inputs, "skeleton_recall")
-        return skeleton_recall_loss(logits, target, extras.get("tubed_skeleton"), self.ignore_index,
-                                    self.include_background, self.batch, self.smooth, self.reduction)
+        return skeleton_recall_loss(logits, target, extras.get("tubed_skeleton"), self.weight, self.ignore_index,
+                                    self.include_background, self.batch, self.smooth, self.smooth_recall,
+                                    self.reduction)

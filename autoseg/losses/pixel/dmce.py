@@ -45,6 +45,12 @@ def dmce_loss(
     segmentation", MIDL 2019 (arXiv 1908.03679). :math:`\Phi` (:func:`boundary_proximity`) comes
     from the ground-truth ``distance`` map, handed in or computed from ``target``. The mean is over
     the counted voxels (not normalised by the weights), so with :math:`\Phi = 0` this is CE.
+
+    Example:
+        >>> target = torch.tensor([[[0, 0, 1, 1]]])  # distances to the other label: 2, 1, 1, 2
+        >>> logits = torch.zeros(1, 2, 1, 4)  # p = 1/2 everywhere: CE = log 2 per voxel
+        >>> round(float(dmce_loss(logits, target) / torch.log(torch.tensor(2.0))), 4)  # mean(1 + Phi) = 1.25
+        1.25
     """
     check_reduction(reduction)
     target = check_logits_target(logits, target, ignore_index)
