@@ -72,6 +72,16 @@ def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, .
     return spacing
 
 
+def check_spacing_argument(spacing: Sequence[float] | None) -> tuple[float, ...] | None:
+    """A loss's ``spacing`` argument: ``None`` (voxel units) or positive, finite voxel sizes."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if not values or not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must be positive and finite voxel sizes, got {tuple(spacing)}")
+    return values
+
+
 def _edt(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """Distance of every nonzero voxel of ``mask`` to the nearest zero voxel (0 on zero voxels)."""
     import edt
@@ -267,9 +277,3 @@ def resolve_map(
         raise ValueError(f"the {kind!r} map has shape {tuple(m.shape)}, expected [B, C, *spatial] = {expected}")
     return m.to(device=target.device, dtype=torch.float32)
 
-
-def check_extras(extras: dict[str, torch.Tensor], accepted: Iterable[str], loss_name: str) -> None:
-    """Reject keyword inputs a loss does not declare (a misspelt map name would be silently recomputed)."""
-    unknown = sorted(set(extras) - set(accepted))
-    if unknown:
-        raise TypeError(f"loss {loss_name!r} got unexpected extra inputs {unknown}; it accepts {sorted(accepted)}")

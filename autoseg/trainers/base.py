@@ -13,9 +13,9 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import autocast
 
-from autoseg.losses import build_loss
+from autoseg.losses import SegmentationLoss, build_loss
 from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
 from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings, split_target
 
@@ -53,7 +53,7 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             if key in block.get("budget", {}):
                 value = block["budget"][key]
                 setattr(self, attr, type(getattr(self, attr))(value))
-        self.autoseg_loss: nn.Module | None = None
+        self.autoseg_loss: SegmentationLoss | None = None
         # Map kinds the augmentation workers append to each scale's target (see maps_transform.py);
         # None until the data pipeline is built, empty tuples when the loss needs no map.
         self.maps_layout: list[tuple[str, ...]] | None = None
@@ -61,7 +61,7 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         self._epoch_seconds: list[float] = []
 
     # ---------------------------------------------------------------- loss
-    def build_autoseg_loss(self) -> nn.Module:
+    def build_autoseg_loss(self) -> SegmentationLoss:
         """The registry loss with the dataset's settings: ignore label, batch Dice, natural-image classes."""
         if self.label_manager.has_regions:
             raise NotImplementedError(
@@ -234,14 +234,10 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
 
     def on_epoch_start(self):
         self._epoch_started = time.time()
+        if self.autoseg_loss is not None:
+            # Losses with a schedule (Kervadec's boundary-loss weight) follow the epoch; compounds pass it on.
+            self.autoseg_loss.on_epoch_start(self.current_epoch, self.num_epochs)
         super().on_epoch_start()
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        # Weight schedules of losses (Kervadec's boundary ramp) follow the epoch; compounds forward it.
-        hook = getattr(self.autoseg_loss, "on_epoch_start", None)
-        if callable(hook):
-            hook(self.current_epoch, self.num_epochs)
 
     def on_epoch_end(self):
         done = self.current_epoch + 1

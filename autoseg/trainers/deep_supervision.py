@@ -37,9 +37,12 @@ def map_kinds_per_scale(loss: nn.Module, weights: Sequence[float] | None) -> lis
     """
     full = full_resolution_modules(loss)
     inside_full = {id(m) for f in full for m in f.modules()}
+    # A compound's own extra_inputs is the union of its components'; a module that holds a
+    # full-resolution term must not re-add that term's kinds at the coarse scales.
+    holds_full = {id(m) for m in loss.modules() if any(id(c) in inside_full for c in m.modules())}
     coarse: set[str] = set()
     for m in loss.modules():
-        if id(m) not in inside_full:
+        if id(m) not in holds_full:
             coarse.update(getattr(m, "extra_inputs", ()) or ())
     everywhere = set().union(*(_declared(f) for f in full)) | coarse if full else coarse
     n = 1 if weights is None else len(weights)

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import masked_voxel_mean, probabilities, select_classes, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
-from autoseg.losses.maps import check_extras, resolve_map
+from autoseg.losses.base import RegionLoss
+from autoseg.losses.maps import check_spacing_argument, resolve_map
 from autoseg.losses.region.dice import dice_loss
 from autoseg.losses.registry import register_loss
 
@@ -71,10 +71,10 @@ def boundary_loss(
     return region + alpha * term
 
 
-@register_loss("boundary", category="boundary", function=boundary_loss, extra_inputs=("signed_distance",),
+@register_loss("boundary", category="boundary", function=boundary_loss,
                citation="Kervadec et al. Boundary loss for highly unbalanced segmentation. MIDL 2019 / MedIA 2021 "
                         "(arXiv:1812.07032)")
-class BoundaryLoss(nn.Module):
+class BoundaryLoss(RegionLoss):
     """Kervadec's boundary loss with its region partner: soft Dice + alpha * boundary, alpha ramped per epoch.
 
     ``L = dice + alpha(e) * mean_{c, n} phi_c(n) p_c(n)`` with ``alpha(e) = alpha_start + alpha_step * e``
@@ -87,20 +87,16 @@ class BoundaryLoss(nn.Module):
     extra_inputs: ClassVar[tuple[str, ...]] = ("signed_distance",)
 
     def __init__(self, alpha_start: float = 0.01, alpha_step: float = 0.01, alpha_max: float | None = None,
-                 include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
-                 spacing: Sequence[float] | None = None, ignore_index: int | None = None,
+                 spacing: Sequence[float] | None = None, *, include_background: bool = False,
+                 batch: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.alpha_start = check_positive("alpha_start", alpha_start, allow_zero=True)
         self.alpha_step = check_positive("alpha_step", alpha_step, allow_zero=True)
         self.alpha_max = None if alpha_max is None else check_positive("alpha_max", alpha_max, allow_zero=True)
         self.alpha = self._clip(self.alpha_start)
-        self.include_background = bool(include_background)
-        self.batch = bool(batch)
-        self.smooth = check_positive("smooth", smooth, allow_zero=True)
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
+        self.spacing = check_spacing_argument(spacing)
 
     def _clip(self, alpha: float) -> float:
         return alpha if self.alpha_max is None else min(alpha, self.alpha_max)
@@ -109,6 +105,6 @@ class BoundaryLoss(nn.Module):
         self.alpha = self._clip(self.alpha_start + self.alpha_step * epoch)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        check_extras(extras, self.extra_inputs, "boundary")
+        self.check_inputs(logits, target, extras)
         return boundary_loss(logits, target, extras.get("signed_distance"), self.alpha, self.ignore_index,
                              self.include_background, self.batch, self.smooth, self.spacing, self.reduction)

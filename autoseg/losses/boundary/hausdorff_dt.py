@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import masked_voxel_mean, one_hot, probabilities, select_classes, valid_mask
-from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
-from autoseg.losses.maps import check_extras, distance_to_boundary_torch, resolve_map
+from autoseg.losses._validation import check_bool, check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
+from autoseg.losses.maps import check_spacing_argument, distance_to_boundary_torch, resolve_map
 from autoseg.losses.registry import register_loss
 
 
@@ -66,10 +66,10 @@ def hausdorff_dt_loss(
     return masked_voxel_mean(per_voxel, mask, reduction)
 
 
-@register_loss("hausdorff_dt", category="boundary", function=hausdorff_dt_loss, extra_inputs=("distance",),
+@register_loss("hausdorff_dt", category="boundary", function=hausdorff_dt_loss,
                citation="Karimi & Salcudean. Reducing the Hausdorff distance in medical image segmentation with "
                         "convolutional neural networks. IEEE TMI 2019 (arXiv:1904.10030)")
-class HausdorffDTLoss(nn.Module):
+class HausdorffDTLoss(SegmentationLoss):
     """Hausdorff distance loss (distance-transform variant): mean (p - t)^2 (d_t^alpha + d_p^alpha).
 
     Under deep supervision this term is evaluated at full resolution only (``full_resolution_only``):
@@ -80,17 +80,14 @@ class HausdorffDTLoss(nn.Module):
     extra_inputs: ClassVar[tuple[str, ...]] = ("distance",)
     full_resolution_only: ClassVar[bool] = True
 
-    def __init__(self, alpha: float = 2.0, include_background: bool = False,
-                 spacing: Sequence[float] | None = None, ignore_index: int | None = None,
-                 reduction: str = "mean"):
-        super().__init__()
+    def __init__(self, alpha: float = 2.0, spacing: Sequence[float] | None = None, *,
+                 include_background: bool = False, ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.alpha = check_positive("alpha", alpha)
-        self.include_background = bool(include_background)
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
+        self.include_background = check_bool("include_background", include_background)
+        self.spacing = check_spacing_argument(spacing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        check_extras(extras, self.extra_inputs, "hausdorff_dt")
+        self.check_inputs(logits, target, extras)
         return hausdorff_dt_loss(logits, target, extras.get("distance"), self.alpha, self.ignore_index,
                                  self.include_background, self.spacing, self.reduction)

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import masked_voxel_mean, one_hot, probabilities, select_classes, valid_mask
-from autoseg.losses._validation import check_logits_target, check_reduction
-from autoseg.losses.maps import check_extras, resolve_map
+from autoseg.losses._validation import check_bool, check_logits_target, check_reduction
+from autoseg.losses.base import SegmentationLoss
+from autoseg.losses.maps import check_spacing_argument, resolve_map
 from autoseg.losses.registry import register_loss
 
 
@@ -63,23 +63,21 @@ def region_wise_loss(
     return masked_voxel_mean(per_voxel, mask, reduction)
 
 
-@register_loss("region_wise", category="boundary", function=region_wise_loss, extra_inputs=("signed_distance",),
+@register_loss("region_wise", category="boundary", function=region_wise_loss,
                citation="Valverde & Tohka. Region-wise loss for biomedical image segmentation. Pattern Recognition "
                         "2023 (arXiv:2108.01405)")
-class RegionWiseLoss(nn.Module):
+class RegionWiseLoss(SegmentationLoss):
     """Region-wise loss with rectified region-wise maps: mean of p * z, z = 1 outside, -normalised distance inside."""
 
     extra_inputs: ClassVar[tuple[str, ...]] = ("signed_distance",)
 
-    def __init__(self, include_background: bool = True, spacing: Sequence[float] | None = None,
+    def __init__(self, spacing: Sequence[float] | None = None, *, include_background: bool = True,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
-        self.include_background = bool(include_background)
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.include_background = check_bool("include_background", include_background)
+        self.spacing = check_spacing_argument(spacing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        check_extras(extras, self.extra_inputs, "region_wise")
+        self.check_inputs(logits, target, extras)
         return region_wise_loss(logits, target, extras.get("signed_distance"), self.ignore_index,
                                 self.include_background, self.spacing, self.reduction)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import masked_probabilities, probabilities, reduce, select_classes, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
-from autoseg.losses.maps import check_extras, resolve_map
+from autoseg.losses.base import RegionLoss
+from autoseg.losses.maps import resolve_map
 from autoseg.losses.pixel.ce import cross_entropy
 from autoseg.losses.region.dice import dice_loss
 from autoseg.losses.registry import register_loss
@@ -92,28 +92,23 @@ def skeleton_recall_loss(
 
 
 @register_loss("skeleton_recall", category="boundary", function=skeleton_recall_loss,
-               extra_inputs=("tubed_skeleton",),
                citation="Kirchhoff et al. Skeleton Recall Loss for connectivity conserving and resource efficient "
                         "segmentation of thin tubular structures. ECCV 2024 (arXiv:2404.03010)")
-class SkeletonRecallLoss(nn.Module):
+class SkeletonRecallLoss(RegionLoss):
     """Skeleton Recall: Dice + CE + weight * (1 - soft recall of the ground truth's tubed skeleton), per class."""
 
     extra_inputs: ClassVar[tuple[str, ...]] = ("tubed_skeleton",)
 
-    def __init__(self, weight: float = 1.0, include_background: bool = False, batch: bool = False,
-                 smooth: float = 1e-5, smooth_recall: float = 1.0, ignore_index: int | None = None,
+    def __init__(self, weight: float = 1.0, smooth_recall: float = 1.0, *, include_background: bool = False,
+                 batch: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.weight = check_positive("weight", weight, allow_zero=True)
-        self.include_background = bool(include_background)
-        self.batch = bool(batch)
-        self.smooth = check_positive("smooth", smooth, allow_zero=True)
         self.smooth_recall = check_positive("smooth_recall", smooth_recall)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        check_extras(extras, self.extra_inputs, "skeleton_recall")
+        self.check_inputs(logits, target, extras)
         return skeleton_recall_loss(logits, target, extras.get("tubed_skeleton"), self.weight, self.ignore_index,
                                     self.include_background, self.batch, self.smooth, self.smooth_recall,
                                     self.reduction)

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import log_probabilities, masked_voxel_mean, valid_mask
 from autoseg.losses._validation import check_logits_target, check_reduction
-from autoseg.losses.maps import check_extras, resolve_map
+from autoseg.losses.base import SegmentationLoss
+from autoseg.losses.maps import check_spacing_argument, resolve_map
 from autoseg.losses.registry import register_loss
 
 
@@ -63,21 +63,19 @@ def dmce_loss(
     return masked_voxel_mean((1 + phi) * nll, mask, reduction)
 
 
-@register_loss("dmce", category="pixel", function=dmce_loss, extra_inputs=("distance",),
+@register_loss("dmce", category="pixel", function=dmce_loss,
                citation="Caliva et al. Distance map loss penalty term for semantic segmentation. MIDL 2019 "
                         "(arXiv:1908.03679)")
-class DistanceMapCELoss(nn.Module):
+class DistanceMapCELoss(SegmentationLoss):
     """Distance-map penalised cross-entropy: -(1 + Phi) log p, Phi the inverted normalised distance to the boundary."""
 
     extra_inputs: ClassVar[tuple[str, ...]] = ("distance",)
 
-    def __init__(self, spacing: Sequence[float] | None = None, ignore_index: int | None = None,
+    def __init__(self, spacing: Sequence[float] | None = None, *, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.spacing = check_spacing_argument(spacing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
-        check_extras(extras, self.extra_inputs, "dmce")
+        self.check_inputs(logits, target, extras)
         return dmce_loss(logits, target, extras.get("distance"), self.ignore_index, self.spacing, self.reduction)

@@ -6,7 +6,7 @@ import torch
 
 from autoseg.losses._functional import reduce, safe_pow
 from autoseg.losses._validation import check_positive, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.region.tversky import check_tversky, tversky_index
 from autoseg.losses.registry import register_loss
 
@@ -52,13 +52,14 @@ def focal_tversky_loss(
 @register_loss("focal_tversky", category="region", function=focal_tversky_loss,
                citation="Abraham, Khan. A novel focal Tversky loss function with improved attention U-Net for "
                         "lesion segmentation. ISBI 2019 (arXiv:1810.07842)")
-class FocalTverskyLoss(_RegionLoss):
+class FocalTverskyLoss(RegionLoss):
     """Focal Tversky loss: mean over classes of (1 - Tversky index)^(1/gamma)."""
 
-    def __init__(self, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3,
+    def __init__(self, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3, *,
                  include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.alpha, self.beta = check_tversky(alpha, beta)
         self.gamma = check_positive("gamma", gamma)
 

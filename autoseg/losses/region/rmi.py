@@ -6,7 +6,6 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from autoseg.losses._functional import (
     gathered_log_probabilities,
@@ -16,7 +15,8 @@ from autoseg.losses._functional import (
     reduce,
     valid_mask,
 )
-from autoseg.losses._validation import check_logits_target, check_probability, check_reduction
+from autoseg.losses._validation import check_bool, check_logits_target, check_probability, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.registry import register_loss
 
 # Added to covariance matrices before inversion and Cholesky, as the reference code (_POS_ALPHA).
@@ -152,19 +152,18 @@ def rmi_loss(
 @register_loss("rmi", category="region", function=rmi_loss,
                citation="Zhao, Wang, Cai, Liu. Region mutual information loss for semantic segmentation. "
                         "NeurIPS 2019 (arXiv:1910.12037)")
-class RMILoss(nn.Module):
+class RMILoss(SegmentationLoss):
     """Region Mutual Information loss: CE plus 0.5 log det of the label covariance given the prediction."""
 
-    def __init__(self, radius: int = 3, pool: int = 4, ce_weight: float = 0.5, include_background: bool = True,
+    def __init__(self, radius: int = 3, pool: int = 4, ce_weight: float = 0.5, *, include_background: bool = True,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+        # A SegmentationLoss, not a RegionLoss: RMI is per case (no batch) and has no ratio to smooth.
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.radius = check_int("radius", radius, 1)
         self.pool = check_int("pool", pool, 1)
         self.ce_weight = check_probability("ce_weight", ce_weight)
-        self.include_background = bool(include_background)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
+        self.include_background = check_bool("include_background", include_background)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return rmi_loss(logits, target, self.radius, self.pool, self.ce_weight, self.ignore_index,
-                        self.include_background, self.reduction)
+        return rmi_loss(logits, target, self.radius, self.pool, self.ce_weight, ignore_index=self.ignore_index,
+                        include_background=self.include_background, reduction=self.reduction)
