@@ -134,15 +134,10 @@ def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarra
 def headline_statistic(g: GroupAnalysis):
     """``stat(idx[n_boot, n_cases]) -> [n_boot, n_methods]``: the headline statistic on resampled cases."""
     if g.natural:
-        pooled = rk.pooled_iou_statistic(g.values["tp"], g.values["fp"], g.values["fn"])
-
-        def miou(idx: np.ndarray) -> np.ndarray:
-            per_class = pooled(idx)
-            ok = ~np.isnan(per_class)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(ok.any(-1), np.where(ok, per_class, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
-
-        return miou
+        # the classes in the reference of the resampled images, the same for every method (a resample without the
+        # rare class would otherwise compare one method's 0 for a stray pixel with another's "left out")
+        pooled = rk.pooled_iou_statistic(g.values["tp"], g.values["fp"], g.values["fn"], reference_classes=True)
+        return lambda idx: rk.nanmean_last(pooled(idx))
     mean = rk.mean_statistic(g.primary)
     return lambda idx: mean(idx)[..., 0]
 
@@ -380,7 +375,7 @@ def fold_table(rows: Sequence[dict], natural: bool) -> dict[str, dict[str, float
             tp = np.array([[float(r["tp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
             fp = np.array([[float(r["fp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
             fn = np.array([[float(r["fn"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
-            value = float(np.nanmean(pooled_iou(tp, fp, fn, axis=0)))
+            value = float(rk.miou_over_reference_classes(tp[:, None], fp[:, None], fn[:, None])[0])
         else:
             value = float(np.mean([np.nanmean([float(r["dice"]) for r in c]) for c in cases.values()]))
         out.setdefault(method, {})[fold] = value
