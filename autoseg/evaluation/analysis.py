@@ -153,7 +153,8 @@ def _headline(g: GroupAnalysis, n_boot: int, seed: int) -> Headline:
     if g.natural:
         sd, sd_kind = (boot.std(axis=0, ddof=1) if n_boot > 1 else np.full(len(g.methods), np.nan),
                        "bootstrap sd over images")
-        statistic, short = "mIoU over all classes, dataset-level (one confusion matrix over the images)", "mIoU"
+        statistic, short = ("mIoU over every class in the reference, class 0 included, dataset-level (one "
+                            "confusion matrix over the images)"), "mIoU"
     else:
         sd = np.nanstd(g.primary, axis=0, ddof=1) if n > 1 else np.full(len(g.methods), np.nan)
         sd_kind = "sd over cases"
