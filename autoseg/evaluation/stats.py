@@ -265,6 +265,9 @@ def pairwise_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, al
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Central ``level`` percentile interval of bootstrap samples along ``axis`` (NaN samples left out)."""
+    import warnings
+
     q = (1 - level) / 2 * 100
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a loss without any finite resample gets NaN bounds, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         return (np.nanpercentile(samples, q, axis=axis), np.nanpercentile(samples, 100 - q, axis=axis))
