@@ -38,6 +38,7 @@ setup(
         "h5py>=3",  # the TransUNet release of Synapse
         "monai>=1.3",  # HD95 and normalised surface distance
         "pillow>=9",
+        "edt>=2.3",  # exact, fast Euclidean distance transforms for the loss maps (scipy is the test oracle)
         "filelock>=3.12",  # locks on files concurrent runs share (plans, splits, trainer names, run records)
         "submitit>=1.5",  # grid executors: submitit's local executor and Slurm
     ],

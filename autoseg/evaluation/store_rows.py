@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from autoseg.evaluation.collect import Run, evaluate_run, method_name
 from autoseg.evaluation.metrics import METRICS_VERSION
+from autoseg.evaluation.runs import Run, method_name
 from autoseg.io import read_json
 from autoseg.records import FoldRecord
 from autoseg.trainers.names import parse_trainer_name
@@ -18,8 +18,9 @@ DEFAULT_TOLERANCE_MM = 2.0
 DEFAULT_DISTANCES = "auto"
 
 
-def run_from_record(record: FoldRecord, fold_dir: Path) -> Run:
-    """The evaluation's :class:`Run` for a record found in ``fold_dir`` (a results or a store folder)."""
+def run_from_record(record: FoldRecord, fold_dir: Path, meta: dict[str, Any] | None = None) -> Run:
+    """The evaluation's :class:`Run` for a record found in ``fold_dir`` (a results or a store folder); ``meta`` is
+    the record file as read (default: the record's own fields)."""
     parsed = parse_trainer_name(record.trainer)
     budget = dict(record.budget or {})
     return Run(path=fold_dir, dataset=record.dataset, trainer=record.trainer, plans=record.plans,
@@ -27,7 +28,8 @@ def run_from_record(record: FoldRecord, fold_dir: Path) -> Run:
                loss_args=dict(record.loss_args), method=method_name(record.loss, record.loss_args,
                                                                      parsed.hash if parsed else None),
                architecture=record.architecture or "unknown", budget=str(budget.get("name", "unknown")),
-               budget_detail=budget, seed=str(record.seed), status=record.status, natural_image=record.natural_image)
+               budget_detail=budget, seed=str(record.seed), status=record.status, natural_image=record.natural_image,
+               meta=meta if meta is not None else record.to_dict())
 
 
 def read_nnunet_summary(fold_dir: Path) -> list[dict[str, Any]]:
@@ -51,6 +53,8 @@ def evaluation_block(record: FoldRecord, fold_dir: Path, preprocessed: Path | No
                      tolerance_mm: float = DEFAULT_TOLERANCE_MM, distances: str = DEFAULT_DISTANCES) -> dict[str, Any]:
     """autoseg's metric rows of the run's validation predictions, as kept in its record (without the identity
     columns, which the record holds once)."""
+    from autoseg.evaluation.scoring import evaluate_run
+
     run = run_from_record(record, fold_dir)
     run.status = "done"
     rows = evaluate_run(run, preprocessed, raw, tolerance_mm, distances)

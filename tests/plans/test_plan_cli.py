@@ -91,7 +91,8 @@ def test_plan_camvid_2d(arch, camvid_plans):
     from autoseg.plans.planner import PlanRequest, plan_configuration
 
     summary, camvid_plans = camvid_plans
-    _invariants(next(c for n, c in summary["configurations"].items() if n.startswith("2d_cnn_plan_")), "cnn")  # the CLI's own plan, on this machine
+    # the CLI's own plan, on this machine
+    _invariants(next(c for n, c in summary["configurations"].items() if n.startswith("2d_cnn_plan_")), "cnn")
     plan = plan_configuration(camvid_plans, "2d", PlanRequest(arch=arch, time_budget_s=3600), fake_costs(), 8, 3, 12)
     d = plan.as_dict()
     _invariants(d, arch)
