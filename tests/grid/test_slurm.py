@@ -242,6 +242,10 @@ def test_grid_on_slurm_survives_requeue_and_scancel(slurm, tmp_path):
     # what Slurm recorded: the preempted job ran twice (requeued, then completed), the other was cancelled
     assert [s for _, s in _sacct(ids[preempted])] == ["REQUEUED", "COMPLETED"]
     assert [s.split()[0] for _, s in _sacct(ids[cancelled])] == ["CANCELLED"]
+    # the per-run resources reached Slurm: 1 CPU (the default) and mem_gb=3
+    asked = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "AllocCPUS,ReqMem", "-j", ids[cancelled]],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert asked in (["1|3G"], ["1|3072M"])  # sacct shows whole GB as G
     info = json.loads(job_file(store, preempted).read_text())
     assert [a["restart_count"] for a in info["attempts"]] == [0, 1] and info["final_state"] == "COMPLETED"
     # one log for both attempts: the signal, submitit's requeue, then the worker resuming from the checkpoint
