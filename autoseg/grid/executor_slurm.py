@@ -32,9 +32,10 @@ from autoseg.io import update_json
 
 JOB_FILE = "slurm_job.json"
 
-#: Slurm job states in which the job still holds or waits for resources (it may still change the run)
+#: Slurm job states in which the job still holds or waits for resources (it may still change the run).
+#: PREEMPTED is final in Slurm (a job preempted with PreemptMode=REQUEUE shows REQUEUED, then PENDING).
 ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
-         "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT", "RESV_DEL_HOLD", "PREEMPTED"}
+         "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 #: how an alive job shows in ``autoseg benchmark status``
 VIEW = {"RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running"}
 
