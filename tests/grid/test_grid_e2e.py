@@ -160,10 +160,17 @@ def test_failed_run_is_recorded_and_the_rest_complete(grid):
     work, env = grid["work"], grid["env"]
     args = ["benchmark", "--loss", "dice_ce", "--loss", "ce:weight=1;2", "--folds", "0", *BUDGET,
             "--work-dir", str(work), "--jobs", "1", "--json"]
+    # a checkpoint cut short (nnU-Net killed while writing it, before autoseg wrote checkpoints atomically):
+    # set aside, and the run starts again
+    dataset = next(iter(grid["before"].values())).dataset
+    cut = work / "nnUNet_results" / dataset / "nnUNetTrainer_autoseg_dice_ce__nnUNetPlans__3d_fullres_smoke_e3i2" / "fold_0"
+    cut.mkdir(parents=True)
+    (cut / "checkpoint_latest.pth").write_bytes(b"PK\x03\x04 cut short")
     proc = _cli(*args, env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]  # a failed run: the command says so
     runs = {r["loss"]: r for r in json.loads(proc.stdout)["runs"]}
     assert runs["dice_ce"]["state"] == "done"
+    assert "checkpoint_latest.pth cannot be read" in (cut / "autoseg_worker.log").read_text()
     assert runs["ce"]["state"] == "failed" and "weight must have one entry per class (3), got 2" in runs["ce"]["error"]
     again = _cli(*args, env=env)
     assert "not retried without --retry-failed" in again.stderr
