@@ -160,9 +160,12 @@ def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: C
 def finish_record(record: FoldRecord, fold_dir: Path, preprocessed: Path | None, raw: Path | None) -> None:
     """Fill the record's results from the fold folder: nnU-Net's per-case Dice and autoseg's metric rows."""
     from autoseg.evaluation.store_rows import evaluation_block, read_nnunet_summary
+    from autoseg.evaluation.training_log import parse_training_log
 
     record.per_case = read_nnunet_summary(fold_dir)
     record.checkpoint = "final"
+    times = [t for t in parse_training_log(list(fold_dir.glob("training_log_*.txt")))["epoch_time"] if t == t]
+    record.seconds_per_epoch = sum(times) / len(times) if times else None
     record.evaluation = evaluation_block(record, fold_dir, preprocessed, raw)
 
 

@@ -129,15 +129,16 @@ def test_killed_grid_finishes_each_run_exactly_once(grid):
     assert "3d_fullres_smoke_e3i2" in plans["configurations"]
 
 
-def test_seeds_change_training(grid):
+def test_seeds_change_training(grid, tmp_path):
     """Seed 1 twice gives the same initial network, seed 2 another; the seed is in the trainer's name."""
     import torch
 
-    from autoseg.paths import configure_nnunet, resolve_work_dirs
+    from autoseg.paths import WorkDirs, configure_nnunet
     from autoseg.trainers.factory import make_trainer_class
 
     work = grid["work"]
-    configure_nnunet(resolve_work_dirs(work))
+    # trainers made here write their output folder: not into the grid's results
+    configure_nnunet(WorkDirs(work / "nnUNet_raw", work / "nnUNet_preprocessed", tmp_path / "results"))
     pre = next((work / "nnUNet_preprocessed").glob("Dataset*"))
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((work / "nnUNet_raw" / pre.name / "dataset.json").read_text())
@@ -206,9 +207,11 @@ def test_store_without_checkpoints_reports_the_same(grid, tmp_path):
         extra = ["--preprocessed", str(work / "nnUNet_preprocessed")] if name == "results" else []
         proc = _cli("report", str(folder), "--out", str(out), "--bootstrap", "20", *extra, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        # every table but the run list, which names each run's folder and how its rows were obtained
-        tables[name] = {f.name: sorted(f.read_text().splitlines()) for f in (out / "tables").glob("*.csv")
-                        if f.name != "metrics_runs.csv"}
+        # every table but the run list, which names each run's folder and how its rows were obtained, and the
+        # cost table's last column, which says where each number was read (the record, the training log)
+        tables[name] = {f.name: sorted(line.rsplit(",", 1)[0] if f.name.startswith("cost_") else line
+                                       for line in f.read_text().splitlines())
+                        for f in (out / "tables").glob("*.csv") if f.name != "metrics_runs.csv"}
     assert len(tables["store"]["metrics.csv"]) > 1 and any(n.startswith("ranking_") for n in tables["store"])
     assert tables["store"] == tables["results"]
     # a machine that never held a checkpoint: the same grid there is done, nothing trained
