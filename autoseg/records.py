@@ -53,6 +53,7 @@ class FoldRecord:
     finished: str | None = None
     wall_seconds: float | None = None  # of the attempt that finished it
     epochs_completed: int | None = None
+    seconds_per_epoch: float | None = None  # mean of nnU-Net's "Epoch time" lines (its training log stays behind)
     checkpoint: str | None = None  # which checkpoint was scored: "final"
     # results
     per_case: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net's: {"case": ..., "dice": {label: v}}

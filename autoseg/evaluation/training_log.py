@@ -127,7 +127,13 @@ def run_cost(run: Run) -> RunCost:
     times = [t for t in log["epoch_time"] if not np.isnan(t)]
     if times and "training log" not in sources:
         sources.append("training log")
-    per_epoch = float(np.mean(times)) if times else (wall / completed if wall and completed else None)
+    stored = meta.get("seconds_per_epoch")  # a run record away from its training log (a result store)
+    if times:
+        per_epoch = float(np.mean(times))
+    elif isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        per_epoch = float(stored)
+    else:
+        per_epoch = wall / completed if wall and completed else None
     device = meta.get("device")
     return RunCost(float(wall) if wall is not None else None, completed, planned,
                    str(device) if device else None, per_epoch, " + ".join(sources) or "nothing found")

@@ -125,11 +125,15 @@ def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: C
     # On a CPU, augmenting in the training process beats worker processes that fight it for the cores
     # (measured 18-35 % faster on 2 cores); an explicit nnUNet_n_proc_DA wins.
     da_env = {"nnUNet_n_proc_DA": "0"} if device.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ else {}
-    plans["continue_training"] = False
     final = fold_dir / "checkpoint_final.pth"
+
+    def new_trainer():
+        # nnU-Net's trainer takes "continue_training" out of the plans it is given: each gets its own copy
+        return quiet_cls(plans={**plans, "continue_training": False}, configuration=record.configuration,
+                         fold=int(record.fold), dataset_json=dataset_json, device=device)
+
     with temporary_env(**da_env):
-        trainer = quiet_cls(plans=plans, configuration=record.configuration, fold=int(record.fold),
-                            dataset_json=dataset_json, device=device)
+        trainer = new_trainer()
         if final.is_file():
             log("  training finished earlier; running the validation only")
             trainer.load_checkpoint(str(final))
@@ -142,8 +146,7 @@ def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: C
                 except Exception as e:  # killed while nnU-Net wrote it: start the run again
                     latest.rename(latest.with_name(latest.name + ".unreadable"))
                     log(f"  {latest.name} cannot be read ({type(e).__name__}); training from the start")
-                    trainer = quiet_cls(plans=plans, configuration=record.configuration, fold=int(record.fold),
-                                        dataset_json=dataset_json, device=device)
+                    trainer = new_trainer()
             n_it = trainer.num_epochs * trainer.num_iterations_per_epoch
             log(f"  {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} iterations ({n_it} in all), "
                 f"batch {trainer.configuration_manager.batch_size}, patch {trainer.configuration_manager.patch_size}"
@@ -157,9 +160,12 @@ def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: C
 def finish_record(record: FoldRecord, fold_dir: Path, preprocessed: Path | None, raw: Path | None) -> None:
     """Fill the record's results from the fold folder: nnU-Net's per-case Dice and autoseg's metric rows."""
     from autoseg.evaluation.store_rows import evaluation_block, read_nnunet_summary
+    from autoseg.evaluation.training_log import parse_training_log
 
     record.per_case = read_nnunet_summary(fold_dir)
     record.checkpoint = "final"
+    times = [t for t in parse_training_log(list(fold_dir.glob("training_log_*.txt")))["epoch_time"] if t == t]
+    record.seconds_per_epoch = sum(times) / len(times) if times else None
     record.evaluation = evaluation_block(record, fold_dir, preprocessed, raw)
 
 

@@ -219,14 +219,18 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        if (self.local_rank == 0 and not self.disable_checkpointing and self.autoseg_loss is not None
-                and any(True for _ in self.autoseg_loss.parameters())):
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        # nnU-Net writes a checkpoint in place: a run killed during the write (a grid killed, a job
+        # preempted) would leave a truncated checkpoint_latest.pth that no resume can read. Written
+        # beside it and renamed, the old checkpoint stays whole until the new one is.
+        partial = f"{filename}.partial"
+        super().save_checkpoint(partial)
+        if not os.path.isfile(partial):  # another rank, or checkpointing disabled: nothing was written
+            return
+        if self.autoseg_loss is not None and any(True for _ in self.autoseg_loss.parameters()):
+            checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
             checkpoint["autoseg_loss_state"] = self.autoseg_loss.state_dict()
-            tmp = f"{filename}.tmp"
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, filename)
+            torch.save(checkpoint, partial)
+        os.replace(partial, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)

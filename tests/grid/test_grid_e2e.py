@@ -129,15 +129,16 @@ def test_killed_grid_finishes_each_run_exactly_once(grid):
     assert "3d_fullres_smoke_e3i2" in plans["configurations"]
 
 
-def test_seeds_change_training(grid):
+def test_seeds_change_training(grid, tmp_path):
     """Seed 1 twice gives the same initial network, seed 2 another; the seed is in the trainer's name."""
     import torch
 
-    from autoseg.paths import configure_nnunet, resolve_work_dirs
+    from autoseg.paths import WorkDirs, configure_nnunet
     from autoseg.trainers.factory import make_trainer_class
 
     work = grid["work"]
-    configure_nnunet(resolve_work_dirs(work))
+    # trainers made here write their output folder: not into the grid's results
+    configure_nnunet(WorkDirs(work / "nnUNet_raw", work / "nnUNet_preprocessed", tmp_path / "results"))
     pre = next((work / "nnUNet_preprocessed").glob("Dataset*"))
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((work / "nnUNet_raw" / pre.name / "dataset.json").read_text())
@@ -160,10 +161,17 @@ def test_failed_run_is_recorded_and_the_rest_complete(grid):
     work, env = grid["work"], grid["env"]
     args = ["benchmark", "--loss", "dice_ce", "--loss", "ce:weight=1;2", "--folds", "0", *BUDGET,
             "--work-dir", str(work), "--jobs", "1", "--json"]
+    # a checkpoint cut short (nnU-Net killed while writing it, before autoseg wrote checkpoints atomically):
+    # set aside, and the run starts again
+    dataset = next(iter(grid["before"].values())).dataset
+    cut = work / "nnUNet_results" / dataset / "nnUNetTrainer_autoseg_dice_ce__nnUNetPlans__3d_fullres_smoke_e3i2" / "fold_0"
+    cut.mkdir(parents=True)
+    (cut / "checkpoint_latest.pth").write_bytes(b"PK\x03\x04 cut short")
     proc = _cli(*args, env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]  # a failed run: the command says so
     runs = {r["loss"]: r for r in json.loads(proc.stdout)["runs"]}
     assert runs["dice_ce"]["state"] == "done"
+    assert "checkpoint_latest.pth cannot be read" in (cut / "autoseg_worker.log").read_text()
     assert runs["ce"]["state"] == "failed" and "weight must have one entry per class (3), got 2" in runs["ce"]["error"]
     again = _cli(*args, env=env)
     assert "not retried without --retry-failed" in again.stderr
@@ -199,9 +207,11 @@ def test_store_without_checkpoints_reports_the_same(grid, tmp_path):
         extra = ["--preprocessed", str(work / "nnUNet_preprocessed")] if name == "results" else []
         proc = _cli("report", str(folder), "--out", str(out), "--bootstrap", "20", *extra, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        # every table but the run list, which names each run's folder and how its rows were obtained
-        tables[name] = {f.name: sorted(f.read_text().splitlines()) for f in (out / "tables").glob("*.csv")
-                        if f.name != "metrics_runs.csv"}
+        # every table but the run list, which names each run's folder and how its rows were obtained, and the
+        # cost table's last column, which says where each number was read (the record, the training log)
+        tables[name] = {f.name: sorted(line.rsplit(",", 1)[0] if f.name.startswith("cost_") else line
+                                       for line in f.read_text().splitlines())
+                        for f in (out / "tables").glob("*.csv") if f.name != "metrics_runs.csv"}
     assert len(tables["store"]["metrics.csv"]) > 1 and any(n.startswith("ranking_") for n in tables["store"])
     assert tables["store"] == tables["results"]
     # a machine that never held a checkpoint: the same grid there is done, nothing trained
