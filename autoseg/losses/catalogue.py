@@ -15,3 +15,5 @@ from autoseg.losses.region import (  # noqa: F401
     sens_spec,
     tversky,
 )
+from autoseg.losses.boundary import boundary_aware  # noqa: F401
+from autoseg.losses.boundary import conditional_boundary, inverseform  # noqa: F401

@@ -99,11 +99,15 @@ class CompoundLoss(nn.Module):
             raise ValueError("at least one compound weight must be > 0")
         self.components = nn.ModuleList([m for _, m in components])
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
+        from autoseg.trainers.heads import extra_names
+
         total: Any = 0
         for w, loss in zip(self.weights, self.components):
             if w:
-                total = total + w * loss(logits, target)
+                # each component gets only the extras it declares (maps, head outputs, decoder features)
+                wanted = extra_names(loss)
+                total = total + w * loss(logits, target, **{k: v for k, v in extras.items() if k in wanted})
         return total
 
 

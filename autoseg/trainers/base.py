@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from autoseg.losses import build_loss
+from autoseg.trainers.heads import CHECKPOINT_KEY, AuxiliaryHeads, DeepSupervisionLoss, HeadsLoss, head_requests
 
 # Keys of a configuration's "autoseg" block in the plans file that set the training schedule.
 BUDGET_KEYS = {
@@ -51,6 +51,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
                 value = block["budget"][key]
                 setattr(self, attr, type(getattr(self, attr))(value))
         self.autoseg_loss: nn.Module | None = None
+        #: training-only heads on the last decoder stage, built when the loss asks for any (see heads.py)
+        self.autoseg_heads: AuxiliaryHeads | None = None
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
 
@@ -78,24 +80,66 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             # nnU-Net's weighting: 1/2^i per scale, the coarsest ignored, normalised to sum 1.
             weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
             weights[-1] = 1e-6 if self.is_ddp else 0
-            loss = DeepSupervisionWrapper(loss, weights / weights.sum())
+            loss = DeepSupervisionLoss(loss, weights / weights.sum())
+        if self.autoseg_heads is not None:
+            loss = HeadsLoss(loss, self.autoseg_heads)
         return loss
+
+    def _do_i_compile(self):
+        # The heads read the last decoder stage through a forward hook that stores tensors on a Python
+        # object; torch.compile's handling of such side effects is not something to rely on silently.
+        if self.autoseg_loss is None:
+            self.autoseg_loss = self.build_autoseg_loss()
+        heads, features = head_requests(self.autoseg_loss)
+        if heads or features:
+            return False
+        return super()._do_i_compile()
+
+    def build_autoseg_heads(self) -> AuxiliaryHeads | None:
+        """The auxiliary heads the loss asks for, hooked onto the network's last decoder stage (or ``None``)."""
+        dims = len(self.configuration_manager.patch_size)
+        heads = AuxiliaryHeads.for_loss(self.network, self.autoseg_loss, dims)
+        if heads is not None:
+            heads.to(self.device)
+            self.print_to_log_file(f"autoseg: training-only heads {heads.spec} on the last decoder stage "
+                                   f"({heads.in_channels} channels){' + decoder features' if heads.keep_features else ''}")
+        return heads
 
     def configure_optimizers(self):
         # Some losses own parameters (robust_t learns its degrees of freedom): they train with the network.
         if self.autoseg_loss is None:
             self.autoseg_loss = self.build_autoseg_loss()
+        if self.autoseg_heads is None:
+            self.autoseg_heads = self.build_autoseg_heads()
         params = list(self.network.parameters()) + list(self.autoseg_loss.parameters())
+        if self.autoseg_heads is not None:
+            params += list(self.autoseg_heads.parameters())
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
                                     nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
+    def on_train_start(self):
+        super().on_train_start()
+        if self.autoseg_heads is not None:
+            self.autoseg_heads.set_capture(True)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # nnU-Net's sliding-window validation reuses self.network: no head may run there.
+        if self.autoseg_heads is None:
+            return super().perform_actual_validation(save_probabilities)
+        with self.autoseg_heads.capturing(False):
+            return super().perform_actual_validation(save_probabilities)
+
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
-        if (self.local_rank == 0 and not self.disable_checkpointing and self.autoseg_loss is not None
-                and any(True for _ in self.autoseg_loss.parameters())):
+        learnable = self.autoseg_loss is not None and any(True for _ in self.autoseg_loss.parameters())
+        if self.local_rank == 0 and not self.disable_checkpointing and (learnable or self.autoseg_heads is not None):
+            # The network's weights stay nnU-Net's own entry; loss parameters and heads ride beside them.
             checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint["autoseg_loss_state"] = self.autoseg_loss.state_dict()
+            if learnable:
+                checkpoint["autoseg_loss_state"] = self.autoseg_loss.state_dict()
+            if self.autoseg_heads is not None:
+                checkpoint[CHECKPOINT_KEY] = self.autoseg_heads.checkpoint_state()
             tmp = f"{filename}.tmp"
             torch.save(checkpoint, tmp)
             os.replace(tmp, filename)
@@ -107,6 +151,11 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
         if "autoseg_loss_state" in checkpoint and self.autoseg_loss is not None:
             self.autoseg_loss.load_state_dict(checkpoint["autoseg_loss_state"])
+        if self.autoseg_heads is not None:
+            if CHECKPOINT_KEY not in checkpoint:
+                raise ValueError("this loss trains auxiliary heads but the checkpoint holds none "
+                                 f"(no {CHECKPOINT_KEY!r} entry): it was written by a trainer without them")
+            self.autoseg_heads.load_checkpoint_state(checkpoint[CHECKPOINT_KEY])
 
     # ------------------------------------------------------------ progress
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
