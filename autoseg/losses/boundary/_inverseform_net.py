@@ -114,7 +114,7 @@ def synthetic_pairs(n: int, g: torch.Generator, r: TransformRange = TransformRan
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 6000
     batch: int = 64
     lr: float = 2e-3
     width: int = 16
@@ -178,6 +178,7 @@ def save(net: InverseTransformNet, path: str | os.PathLike, meta: dict[str, Any]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     torch.save(payload, tmp)
+    os.chmod(tmp, 0o644)  # package data: readable by every user of an installation
     os.replace(tmp, path)
 
 
