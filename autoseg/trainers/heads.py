@@ -5,8 +5,10 @@ A loss declares what it needs from the network on the instance (its hyper-parame
 - ``auxiliary_heads: dict[str, int]``: head name -> output channels. The trainer attaches one small
   head per entry (3x3 convolution, instance norm, leaky ReLU, 1x1 convolution) on the features of the
   last (full-resolution) decoder stage and hands its raw output to the loss as ``head_<name>``.
-- ``needs_decoder_features: bool``: the trainer also hands the last decoder stage's features
-  themselves as ``decoder_features``.
+- ``extra_inputs`` (the loss base's declaration of keyword inputs) names ``head_<name>`` for each
+  of them, and ``decoder_features`` when the loss wants the last decoder stage's features themselves.
+  Only the map kinds of ``autoseg.losses.maps`` among ``extra_inputs`` are computed by the workers;
+  these names come from the network.
 
 The heads are reached through a forward hook on that stage, are never registered as submodules of
 the network, and only capture while the trainer computes a training or validation loss. So the
@@ -85,7 +87,14 @@ def head_requests(loss: nn.Module) -> tuple[dict[str, int], bool]:
     heads: dict[str, int] = {}
     features = False
     for module in loss.modules():
-        for name, channels in (getattr(module, "auxiliary_heads", None) or {}).items():
+        declared = set(getattr(module, "extra_inputs", ()) or ())
+        own = getattr(module, "auxiliary_heads", None) or {}
+        missing = {n[len(HEAD_PREFIX):] for n in declared if n.startswith(HEAD_PREFIX)} - set(own)
+        if missing and not hasattr(module, "components"):
+            raise ValueError(f"{type(module).__name__} declares {sorted(HEAD_PREFIX + m for m in missing)} in "
+                             "extra_inputs but no such entry in auxiliary_heads (name -> channels)")
+        features = features or FEATURES_KEY in declared
+        for name, channels in own.items():
             channels = int(channels)
             if not name.isidentifier() or channels < 1:
                 raise ValueError(f"{type(module).__name__} asks for head {name!r} with {channels} channels: "
@@ -93,17 +102,7 @@ def head_requests(loss: nn.Module) -> tuple[dict[str, int], bool]:
             if heads.get(name, channels) != channels:
                 raise ValueError(f"two components ask for head {name!r} with {heads[name]} and {channels} channels")
             heads[name] = channels
-        features = features or bool(getattr(module, "needs_decoder_features", False))
     return heads, features
-
-
-def extra_names(loss: nn.Module) -> set[str]:
-    """Names of the keyword extras a loss module accepts: its maps, its heads, the decoder features."""
-    names = set(getattr(loss, "extra_inputs", ()) or ())
-    names |= {HEAD_PREFIX + n for n in (getattr(loss, "auxiliary_heads", None) or {})}
-    if getattr(loss, "needs_decoder_features", False):
-        names.add(FEATURES_KEY)
-    return names
 
 
 def _head(conv: type[nn.Module], norm: type[nn.Module], in_channels: int, out_channels: int) -> nn.Module:
@@ -198,53 +197,3 @@ class AuxiliaryHeads(nn.Module):
             raise ValueError(f"checkpoint heads {state.get('spec')} on {state.get('in_channels')} channels do not match "
                              f"this loss's heads {self.spec} on {self.in_channels} channels")
         self.load_state_dict(state["state_dict"])
-
-
-class HeadsLoss(nn.Module):
-    """Wraps the trainer's loss: adds the captured head outputs to the extras of every call.
-
-    nnU-Net's ``train_step``/``validation_step`` call ``self.loss(output, target)``; the head outputs of
-    that same forward pass are picked up here, so nnU-Net's step code runs unchanged.
-    """
-
-    def __init__(self, loss: nn.Module, heads: AuxiliaryHeads):
-        super().__init__()
-        self.loss = loss
-        self._heads = [heads]  # not a submodule: the heads' state lives in the trainer's checkpoint entry
-
-    def forward(self, output: Any, target: Any, **extras: Any) -> torch.Tensor:
-        captured = self._heads[0].pop_outputs()
-        if not captured:
-            raise RuntimeError("the loss asks for auxiliary heads but none were captured in this forward pass; "
-                               "was the network called inside AuxiliaryHeads.capturing()?")
-        return self.loss(output, target, **{**extras, **captured})
-
-
-class DeepSupervisionLoss(nn.Module):
-    """nnU-Net's deep-supervision weighting, with keyword extras: ``sum_i w_i * loss(out_i, target_i, **extras_i)``.
-
-    An extra given as a list or tuple holds one entry per scale (maps computed for every scale); a
-    tensor extra belongs to the full-resolution scale only (auxiliary heads sit on the last decoder
-    stage), so lower scales get the loss without it (its documented standalone form).
-    """
-
-    def __init__(self, loss: nn.Module, weight_factors: Any):
-        super().__init__()
-        self.loss = loss
-        self.weight_factors = tuple(float(w) for w in weight_factors)
-        if not any(self.weight_factors):
-            raise ValueError("at least one deep-supervision weight must be != 0")
-
-    def forward(self, outputs: Any, targets: Any, **extras: Any) -> torch.Tensor:
-        if not isinstance(outputs, (list, tuple)) or not isinstance(targets, (list, tuple)):
-            raise TypeError(f"deep supervision needs lists of outputs and targets, got {type(outputs).__name__} "
-                            f"and {type(targets).__name__}")
-        total: Any = 0
-        for i, (out, tgt) in enumerate(zip(outputs, targets)):
-            w = self.weight_factors[i]
-            if w == 0:
-                continue
-            scale_extras = {k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in extras.items()
-                            if isinstance(v, (list, tuple)) or i == 0}
-            total = total + w * self.loss(out, tgt, **scale_extras)
-        return total

@@ -9,14 +9,8 @@ from torch import nn
 
 from autoseg.losses import build_loss
 from autoseg.plans.architectures import SwinUNETRSeg
-from autoseg.trainers.heads import (
-    AuxiliaryHeads,
-    DeepSupervisionLoss,
-    HeadsLoss,
-    extra_names,
-    head_requests,
-    last_decoder_stage,
-)
+from autoseg.trainers.deep_supervision import DeepSupervisionLoss
+from autoseg.trainers.heads import AuxiliaryHeads, head_requests, last_decoder_stage
 
 
 def _unet(cls, dims: int, deep_supervision: bool = True) -> nn.Module:
@@ -83,42 +77,34 @@ def test_head_requests_merge_compounds_and_reject_conflicts():
     a, b = build_loss("boundary_aware", num_bins=3), build_loss("boundary_aware", num_bins=4)
     with pytest.raises(ValueError, match="distance_bins.*3 and 4"):
         head_requests(nn.ModuleList([a, b]))
-    assert extra_names(build_loss("inverseform")) == {"head_boundary"}
 
 
-class _Recorder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
+def test_a_declared_head_without_channels_is_an_error():
+    class Bad(nn.Module):
+        extra_inputs = ("head_edges",)
 
-    def forward(self, out, tgt, **extras):
-        self.calls.append((out.shape[-1], sorted(extras), {k: v.shape[-1] for k, v in extras.items()}))
-        return out.sum() * 0 + 1.0
+    with pytest.raises(ValueError, match="head_edges.*auxiliary_heads"):
+        head_requests(Bad())
 
+    class WantsFeatures(nn.Module):
+        extra_inputs = ("decoder_features",)
 
-def test_deep_supervision_hands_head_outputs_to_the_full_resolution_scale_only():
-    rec = _Recorder()
-    loss = DeepSupervisionLoss(rec, [0.5, 0.3, 0.2, 0])
-    outs = [torch.zeros(1, 2, s) for s in (8, 4, 2, 1)]
-    tgts = [torch.zeros(1, 1, s) for s in (8, 4, 2, 1)]
-    per_scale = [torch.zeros(1, 1, s) for s in (8, 4, 2, 1)]
-    value = loss(outs, tgts, head_x=torch.zeros(1, 1, 8), maps=per_scale)
-    assert float(value) == pytest.approx(1.0)
-    assert rec.calls == [(8, ["head_x", "maps"], {"head_x": 8, "maps": 8}), (4, ["maps"], {"maps": 4}),
-                         (2, ["maps"], {"maps": 2})]  # weight 0: the coarsest scale is not computed
+    assert head_requests(WantsFeatures()) == ({}, True)
 
 
 def test_heads_train_with_the_loss_and_the_network():
     net, shape, channels = NETWORKS["plain2d"]()
     loss_fn = build_loss("boundary_aware")
     heads = AuxiliaryHeads.for_loss(net, loss_fn, 2)
-    loss = HeadsLoss(DeepSupervisionLoss(loss_fn, [1.0, 0.5, 0.0]), heads)
+    loss = DeepSupervisionLoss(loss_fn, [0.7, 0.3])
     x = torch.randn(shape)
     target = torch.zeros(shape[0], 1, *shape[2:], dtype=torch.long)
     target[..., 4:12, 4:12] = 1
-    targets = [target, target[..., ::2, ::2], target[..., ::4, ::4]]
+    targets = [target, target[..., ::2, ::2]]
     with heads.capturing():
-        value = loss(net(x), targets)
+        out = net(x)
+    # what the trainer's compute_loss does: the heads join the full-resolution scale's extras
+    value = loss(out, targets, [heads.pop_outputs(), {}])
     value.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.parameters() if p.requires_grad)
     assert net.decoder.stages[-1].convs[0].conv.weight.grad.abs().sum() > 0
@@ -126,18 +112,9 @@ def test_heads_train_with_the_loss_and_the_network():
     with torch.no_grad():
         with heads.capturing():
             out = net(x)
-            with_head = loss(out, targets)
-        without = DeepSupervisionLoss(loss_fn, [1.0, 0.5, 0.0])(out, targets)
+        with_head = loss(out, targets, [heads.pop_outputs(), {}])
+        without = loss(out, targets)
     assert not torch.isclose(with_head, without)
-
-
-def test_heads_loss_refuses_a_forward_without_capture():
-    net, shape, _ = NETWORKS["plain2d"]()
-    loss_fn = build_loss("inverseform")
-    heads = AuxiliaryHeads.for_loss(net, loss_fn, 2)
-    out = net(torch.randn(shape))
-    with pytest.raises(RuntimeError, match="none were captured"):
-        HeadsLoss(DeepSupervisionLoss(loss_fn, [1.0, 0.5, 0.0]), heads)(out, [torch.zeros(2, 1, 16, 16).long()] * 3)
 
 
 def test_checkpoint_state_round_trip_and_mismatch():

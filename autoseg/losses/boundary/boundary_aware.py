@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.boundary._morphology import bins_from_survival, survival
 from autoseg.losses.registry import register_loss
 
@@ -99,26 +99,21 @@ def boundary_aware_loss(
 
 @register_loss("boundary_aware", category="boundary", function=boundary_aware_loss,
                citation="Hayder, He, Salzmann. Boundary-aware instance segmentation. CVPR 2017 (arXiv:1612.03129)")
-class BoundaryAwareLoss(nn.Module):
+class BoundaryAwareLoss(SegmentationLoss):
     """Boundary-aware loss: cross-entropy + BCE of K distance-to-boundary bins (auxiliary head, Hayder et al.)."""
 
-    extra_inputs: tuple[str, ...] = ()
-    needs_decoder_features = False
+    #: the output of the auxiliary head the trainer attaches (autoseg.trainers.heads), not a worker map
+    extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
 
-    def __init__(self, num_bins: int = 5, weight: float = 1.0, ignore_index: int | None = None,
+    def __init__(self, num_bins: int = 5, weight: float = 1.0, *, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         if int(num_bins) != num_bins or num_bins < 2:
             raise ValueError(f"num_bins must be an integer >= 2, got {num_bins}")
         self.num_bins = int(num_bins)
         self.weight = check_positive("weight", weight, allow_zero=True)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
         #: the trainer attaches one K-channel head on the last decoder stage (autoseg.trainers.heads)
         self.auxiliary_heads = {HEAD: self.num_bins}
-
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        pass
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
         unknown = set(extras) - {"head_" + HEAD}

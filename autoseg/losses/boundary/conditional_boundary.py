@@ -1,16 +1,16 @@
-"""Conditional boundary loss (Wu et al., IEEE TIP 2023): CE + A2C pull to the local class centre + A2P&N contrast, on sampled boundary voxels."""
+"""Conditional boundary loss (Wu et al., IEEE TIP 2023): CE + A2C + A2P&N contrast on sampled boundary voxels."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.boundary._morphology import label_boundary
 from autoseg.losses.boundary.boundary_aware import check_head
 from autoseg.losses.registry import register_loss
@@ -148,16 +148,16 @@ def conditional_boundary_loss(
 @register_loss("conditional_boundary", category="boundary", function=conditional_boundary_loss,
                citation="Wu, Guo, Li, Yu, Gao, Sang. Conditional boundary loss for semantic segmentation. "
                         "IEEE TIP 32:3717-3731, 2023")
-class ConditionalBoundaryLoss(nn.Module):
+class ConditionalBoundaryLoss(SegmentationLoss):
     """Conditional boundary loss: CE + A2C (pull to the local class centre) + A2P&N contrast on boundary voxels."""
 
-    extra_inputs: tuple[str, ...] = ()
-    needs_decoder_features = False
+    #: the output of the auxiliary head the trainer attaches (autoseg.trainers.heads), not a worker map
+    extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
 
     def __init__(self, weight_a2c: float = 1.0, weight_a2pn: float = 1.0, temperature: float = 0.1,
-                 radius: int = 1, max_samples: int = 2048, embedding_dim: int = 32, seed: int = 0,
+                 radius: int = 1, max_samples: int = 2048, embedding_dim: int = 32, seed: int = 0, *,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.weight_a2c = check_positive("weight_a2c", weight_a2c, allow_zero=True)
         self.weight_a2pn = check_positive("weight_a2pn", weight_a2pn, allow_zero=True)
         self.temperature = check_positive("temperature", temperature)
@@ -166,13 +166,8 @@ class ConditionalBoundaryLoss(nn.Module):
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
         self.radius, self.max_samples, self.embedding_dim = int(radius), int(max_samples), int(embedding_dim)
         self.seed = int(seed)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
         #: the trainer attaches a projection head of embedding_dim channels on the last decoder stage
         self.auxiliary_heads = {HEAD: self.embedding_dim}
-
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        pass
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
         unknown = set(extras) - {"head_" + HEAD}

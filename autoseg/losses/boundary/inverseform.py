@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from torch import nn
 
 from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.boundary import _inverseform_net
 from autoseg.losses.boundary._morphology import label_boundary, survival
 from autoseg.losses.boundary.boundary_aware import check_head
@@ -93,8 +94,9 @@ def inverseform_loss(
     (tiles without ground-truth boundary skipped), returning the affine transform between them minus
     the identity; the distance is taken from the network's own estimate for two equal tiles,
     f(b, b), rather than from the exact identity, so that a perfect prediction scores 0 (the
-    paper's network, trained longer on real data, is assumed to return the identity there). Borse et al.'s weights cannot be downloaded; autoseg ships its own network trained
-    on synthetic boundary maps under random affine transforms (``autoseg train-inverseform``
+    paper's network is assumed to return the identity there). Borse et al.'s weights cannot be
+    downloaded; autoseg ships its own network trained on synthetic boundary maps under random
+    affine transforms (``autoseg train-inverseform``
     regenerates it; recipe and measured recovery error in ``docs/losses.md``). ``network`` points at
     other weights. 3D volumes are cut into 2D slices along their last axis (the paper is 2D).
 
@@ -144,27 +146,22 @@ def inverseform_loss(
 @register_loss("inverseform", category="boundary", function=inverseform_loss,
                citation="Borse, Wang, Zhang, Porikli. InverseForm: a loss function for structured boundary-aware "
                         "segmentation. CVPR 2021 (arXiv:2104.02745)")
-class InverseFormLoss(nn.Module):
+class InverseFormLoss(SegmentationLoss):
     """InverseForm: CE + balanced boundary BCE + distance from identity of a frozen inverse-transformation network."""
 
-    extra_inputs: tuple[str, ...] = ()
-    needs_decoder_features = False
+    #: the output of the auxiliary head the trainer attaches (autoseg.trainers.heads), not a worker map
+    extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, network: str | None = None,
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, network: str | None = None, *,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.beta = check_positive("beta", beta, allow_zero=True)
         self.gamma = check_positive("gamma", gamma, allow_zero=True)
         self.network = None if network is None else str(network)
         if self.network is not None and not Path(self.network).is_file():
             raise ValueError(f"network must be a file of InverseForm network weights, got {self.network!r} (not found)")
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
         #: the trainer attaches a 1-channel boundary head on the last decoder stage (autoseg.trainers.heads)
         self.auxiliary_heads = {HEAD: 1}
-
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        pass
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
         unknown = set(extras) - {"head_" + HEAD}
