@@ -53,8 +53,15 @@ def _find_dataset(work: Path, configuration: str | None):
     ds = datasets[0]
     plans = _json.loads((ds / "nnUNetPlans.json").read_text())
     if configuration is None:
-        configuration = next(c for c in plans["configurations"] if (ds / f"nnUNetPlans_{c}").exists()
-                             or "data_identifier" in plans["configurations"][c])
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        manager = PlansManager(plans)
+        # the first configuration that was preprocessed (its data folder exists)
+        ready = [c for c in manager.available_configurations
+                 if (ds / manager.get_configuration(c).data_identifier).is_dir()]
+        if not ready:
+            raise SystemExit(f"no preprocessed configuration in {ds}")
+        configuration = ready[0]
     dataset_json = _json.loads((work / "nnUNet_raw" / ds.name / "dataset.json").read_text())
     return ds.name, plans, configuration, dataset_json
 

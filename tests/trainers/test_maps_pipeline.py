@@ -136,6 +136,8 @@ def test_trainer_hands_worker_maps_to_the_loss(nnunet_env):
 
         assert isinstance(trainer.dataloader_train, NonDetMultiThreadedAugmenter)  # workers on
         assert trainer.maps_layout[0] == ("signed_distance",)
+        # a loss that would compute maps itself measures them in the plan's spacing, as the workers do
+        assert trainer.autoseg_loss.spacing == tuple(float(s) for s in trainer.configuration_manager.spacing)
         seen = []
         original = trainer.compute_loss
 
