@@ -165,6 +165,8 @@ class ConditionalBoundaryLoss(SegmentationLoss):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
         self.radius, self.max_samples, self.embedding_dim = int(radius), int(max_samples), int(embedding_dim)
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed}")
         self.seed = int(seed)
         #: the trainer attaches a projection head of embedding_dim channels on the last decoder stage
         self.auxiliary_heads = {HEAD: self.embedding_dim}
