@@ -247,6 +247,11 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         if self.autoseg_heads is not None:
             self.autoseg_heads.set_capture(True)
 
+    def on_train_end(self):
+        super().on_train_end()
+        if self.autoseg_heads is not None:
+            self.autoseg_heads.set_capture(False)  # later forward passes (inference) compute no head
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         # nnU-Net's sliding-window validation reuses self.network: no head may run there.
         if self.autoseg_heads is None:

@@ -8,7 +8,8 @@ A loss declares what it needs from the network on the instance (its hyper-parame
 - ``extra_inputs`` (the loss base's declaration of keyword inputs) names ``head_<name>`` for each
   of them, and ``decoder_features`` when the loss wants the last decoder stage's features themselves.
   Only the map kinds of ``autoseg.losses.maps`` among ``extra_inputs`` are computed by the workers;
-  these names come from the network.
+  these names come from the network. The trainer's ``compute_loss`` adds the captured outputs to the
+  full-resolution scale's extras.
 
 The heads are reached through a forward hook on that stage, are never registered as submodules of
 the network, and only capture while the trainer computes a training or validation loss. So the

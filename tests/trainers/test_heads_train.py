@@ -86,6 +86,9 @@ def test_heads_train_and_checkpoint_stays_plain_nnunet(loss, nnunet_setup, tmp_p
     for k, v in fresh.autoseg_heads.state_dict().items():
         assert torch.equal(v, heads.state_dict()[k]), k
     trainer.on_train_end()  # writes checkpoint_final.pth
+    with torch.no_grad():
+        trainer.network(batch["data"][:1])
+    assert heads.pop_outputs() == {}, "after training, forward passes (inference) must compute no head"
     if loss == "inverseform":
         _predict_with_nnunet(trainer, r, env, tmp_path)
 
