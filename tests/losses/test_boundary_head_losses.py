@@ -186,3 +186,29 @@ def test_standalone_form_is_documented_reduced_form(name):
     loss = build_loss(name)
     assert torch.isfinite(loss(logits, t))
     assert not torch.isclose(loss(logits, t), loss(logits, t, **{key: torch.randn(2, channels, *t.shape[1:])}))
+
+
+def _head_for(name: str, t: torch.Tensor, sign: float) -> torch.Tensor:
+    """A confident head output that is right (sign = +1) or exactly wrong (sign = -1) for target t."""
+    onehot = _onehot(t, 3)
+    if name == "boundary_aware":
+        gt = bins_from_survival(survival(onehot, None, 4), torch.ones_like(t, dtype=torch.float))
+        return sign * 20 * (2 * gt - 1)
+    if name == "inverseform":
+        return sign * 20 * (2 * label_boundary(onehot, None).unsqueeze(1) - 1)
+    return onehot if sign > 0 else _onehot((t + 1) % 3, 3)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("dim", [2, 3])
+def test_with_heads_perfect_below_random_below_inverted(name, dim):
+    t = _labels(dim, seed=6)
+    key, channels = HEADS[name]
+    g = torch.Generator().manual_seed(0)
+    loss = build_loss(name)
+    perfect = loss(20 * _onehot(t, 3), t, **{key: _head_for(name, t, 1)})
+    random = loss(torch.randn(2, 3, *t.shape[1:], generator=g), t,
+                  **{key: torch.randn(2, channels if name != "conditional_boundary" else 3, *t.shape[1:], generator=g)})
+    inverted = loss(20 * _onehot((t + 1) % 3, 3), t, **{key: _head_for(name, t, -1)})
+    assert perfect < random < inverted, (float(perfect), float(random), float(inverted))
+    assert float(perfect) < 1e-3
