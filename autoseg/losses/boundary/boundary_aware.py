@@ -17,11 +17,11 @@ HEAD = "distance_bins"
 _EPS = 1e-6
 
 
-def check_head(name: str, head: torch.Tensor, logits: torch.Tensor, channels: int) -> torch.Tensor:
-    """Validate a head output against the logits: ``[B, channels, *spatial]``, floating point, finite."""
+def check_head(name: str, head: torch.Tensor, logits: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Validate a head output against the logits: ``[B, channels, *spatial]`` (any channels for ``None``), floating point."""
     if not isinstance(head, torch.Tensor) or not head.is_floating_point():
         raise TypeError(f"{name} must be a floating point tensor, got {type(head).__name__}")
-    expected = (logits.shape[0], channels, *logits.shape[2:])
+    expected = (logits.shape[0], head.shape[1] if channels is None and head.ndim > 1 else channels, *logits.shape[2:])
     if tuple(head.shape) != expected:
         raise ValueError(f"{name} must have shape {expected} (batch, {channels} channels, the logits' spatial size), "
                          f"got {tuple(head.shape)}")

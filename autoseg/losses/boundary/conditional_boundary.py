@@ -130,8 +130,7 @@ def conditional_boundary_loss(
             boundary = label_boundary(one_hot(target, logits.shape[1], mask, dtype), mask) > 0
             correct = (logits.argmax(1) == target) & valid
         if head_embedding is not None:
-            z = check_head("head_embedding", head_embedding, logits, head_embedding.shape[1] if
-                           isinstance(head_embedding, torch.Tensor) else 0).to(dtype)
+            z = check_head("head_embedding", head_embedding, logits, None).to(dtype)
         else:
             z = probabilities(logits)
         z = F.normalize(z, dim=1, eps=1e-12)
