@@ -126,3 +126,22 @@ def test_checkpoint_state_round_trip_and_mismatch():
         assert k == k2 and torch.equal(v, v2)
     with pytest.raises(ValueError, match="do not match"):
         AuxiliaryHeads(2, channels, {"boundary": 2}).load_checkpoint_state(a.checkpoint_state())
+
+
+def test_compound_components_get_only_their_own_head():
+    # dice ignores heads, inverseform takes head_boundary, conditional_boundary head_embedding: each component
+    # of the compound equals the same loss called alone with its own head.
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 16, 16, generator=g)
+    target = torch.randint(0, 3, (2, 1, 16, 16), generator=g)
+    heads = {"head_boundary": torch.randn(2, 1, 16, 16, generator=g),
+             "head_embedding": torch.randn(2, 32, 16, 16, generator=g)}
+    compound = build_loss("dice+0.5*inverseform+conditional_boundary")
+    expected = (build_loss("dice")(logits, target)
+                + 0.5 * build_loss("inverseform")(logits, target, head_boundary=heads["head_boundary"])
+                + build_loss("conditional_boundary")(logits, target, head_embedding=heads["head_embedding"]))
+    torch.testing.assert_close(compound(logits, target, **heads), expected)
+    loss = DeepSupervisionLoss(compound, [0.7, 0.3])
+    low = (logits[..., ::2, ::2], target[..., ::2, ::2])
+    torch.testing.assert_close(loss([logits, low[0]], [target, low[1]], [heads, {}]),
+                               0.7 * expected + 0.3 * compound(*low))
