@@ -16,9 +16,9 @@ from autoseg.losses.boundary.active_boundary import (
     _offsets,
     active_boundary_loss,
     boundary_distance,
-    label_distance,
     predicted_boundary,
 )
+from autoseg.losses.maps import compute_maps, compute_maps_torch
 
 
 def _brute_force_label_distance(labels: np.ndarray) -> np.ndarray:
@@ -33,16 +33,6 @@ def _brute_force_label_distance(labels: np.ndarray) -> np.ndarray:
     return out.reshape(labels.shape)
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 11), (2, 5, 6, 7)])
-def test_label_distance_equals_brute_force(shape):
-    rng = np.random.default_rng(len(shape))
-    labels = (rng.random(shape) < 0.2).astype(np.int64) + (rng.random(shape) < 0.1)  # labels 0, 1, 2
-    labels[1] = 1  # a case with one label only: no boundary
-    ours = label_distance(torch.from_numpy(labels)).numpy()
-    np.testing.assert_allclose(ours[0], _brute_force_label_distance(labels[0]), rtol=1e-6)
-    assert np.isinf(ours[1]).all()
-
-
 def _per_class_distance(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """The per-class ``distance`` map kind with scipy: inside, to the nearest voxel not in c; outside, to c."""
     out = np.zeros((labels.shape[0], num_classes, *labels.shape[1:]), np.float32)
@@ -54,17 +44,18 @@ def _per_class_distance(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def test_boundary_distance_of_per_class_maps_equals_label_distance():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, (2, 12, 13))
-    labels[0, :4] = 255  # the ignore label is a label of its own
-    labels[1] = 2
-    labels[1, 3:6, 3:6] = 0
-    maps = _per_class_distance(labels, 3)
-    reduced = boundary_distance(torch.from_numpy(maps)).numpy()
-    direct = label_distance(torch.from_numpy(labels)).numpy()
-    counted = labels != 255
-    np.testing.assert_allclose(reduced[counted], direct[counted], rtol=1e-6)
+@pytest.mark.parametrize("shape", [(2, 9, 11), (2, 5, 6, 7)])
+def test_boundary_distance_of_the_maps_equals_brute_force(shape):
+    rng = np.random.default_rng(len(shape))
+    labels = (rng.random(shape) < 0.2).astype(np.int64) + (rng.random(shape) < 0.1)  # labels 0, 1, 2
+    labels[0, 0] = 255  # the ignore label is a label of its own
+    labels[1] = 1  # a case with one label only: no boundary
+    for maps in (compute_maps(labels, 3, ("distance",), ignore_index=255)["distance"],
+                 _per_class_distance(labels, 3)):
+        ours = boundary_distance(torch.from_numpy(maps)).numpy()
+        counted = labels[0] != 255
+        np.testing.assert_allclose(ours[0][counted], _brute_force_label_distance(labels[0])[counted], rtol=1e-6)
+        assert np.isinf(ours[1]).all()
 
 
 def test_maps_handed_in_give_the_standalone_value():
@@ -73,9 +64,13 @@ def test_maps_handed_in_give_the_standalone_value():
     target[0, 4:15, 5:12] = 1
     target[1, 2:9, 3:18] = 2
     logits = 3 * torch.randn(2, 3, 20, 20, generator=g)
-    maps = torch.from_numpy(_per_class_distance(target.numpy(), 3))
     loss = ActiveBoundaryLoss()
-    torch.testing.assert_close(loss(logits, target, distance=maps), loss(logits, target))
+    # the workers' maps (same function as the standalone path): identical; scipy's per-class maps: equal
+    maps = compute_maps_torch(target, 3, ("distance",))["distance"]
+    torch.testing.assert_close(loss(logits, target, distance=maps), loss(logits, target), rtol=0, atol=0)
+    scipy_maps = torch.from_numpy(_per_class_distance(target.numpy(), 3))
+    torch.testing.assert_close(loss(logits, target, distance=scipy_maps), loss(logits, target))
+    # a map handed in is used, not recomputed
     assert float(loss(logits, target, distance=maps)) != float(loss(logits, target, distance=maps + 3))
 
 

@@ -20,35 +20,14 @@ _EPS0 = 1e-5  # the official code's first KL threshold, raised by 1.2x until few
 _GROWTH = 1.2
 
 
-def label_distance(target: torch.Tensor) -> torch.Tensor:
-    """Distance of every voxel to the nearest voxel with another label, ``[B, *spatial]`` float32 (voxel units).
-
-    The ignore label counts as a label of its own (as in the official code, where the ignored area
-    is "all boundary"). A case holding a single label has no boundary: +inf everywhere. This is the
-    standalone path (scipy, on the CPU); inside nnU-Net the map comes from the workers
-    (:func:`boundary_distance` of the per-class ``distance`` maps gives the same numbers).
-    """
-    from scipy import ndimage
-
-    labels = target.detach().cpu().numpy()
-    out = np.full(labels.shape, np.inf, dtype=np.float32)
-    for b, lab in enumerate(labels):
-        values = np.unique(lab)
-        if len(values) < 2:
-            continue
-        for v in values:
-            m = lab == v
-            out[b][m] = ndimage.distance_transform_edt(m)[m]
-    return torch.from_numpy(out).to(target.device)
-
-
 def boundary_distance(distance: torch.Tensor) -> torch.Tensor:
     """The distance to the nearest class boundary ``[B, *spatial]`` from per-class distance maps ``[B, C, *spatial]``.
 
     ``distance[:, c]`` is the unsigned distance to the boundary of class c (the ``distance`` map kind:
     inside, to the nearest voxel not in c; outside, to the nearest voxel of c; 0 for a class that is
     absent or fills the patch). Its minimum over the classes that have a boundary is the distance to
-    the nearest voxel with another label, :func:`label_distance`; +inf where no class has one.
+    the nearest voxel with another label (the ignore label counting as a label of its own, as the
+    official code makes the ignored area "all boundary"); +inf where no class has one.
     """
     d = distance.float()
     return torch.where(d > 0, d, torch.full_like(d, float("inf"))).amin(1)
@@ -109,8 +88,8 @@ def active_boundary_term(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ABL term: per case, the summed weighted direction cross-entropy ``[B]`` and the number of voxels ``[B]``.
 
-    ``distance`` is ``[B, *spatial]``: the distance to the nearest ground-truth boundary
-    (:func:`label_distance`). See :func:`active_boundary_loss` for the definition.
+    ``distance`` is ``[B, *spatial]``: the distance to the nearest voxel of another reference label
+    (:func:`boundary_distance` of the ``distance`` maps). See :func:`active_boundary_loss` for the definition.
     """
     logp = log_probabilities(logits)
     b, c = logp.shape[:2]
@@ -207,8 +186,8 @@ def active_boundary_loss(
     side of each label change, which shifts its map by one voxel on one side); a neighbour must be
     strictly closer than the voxel itself (the official breaks ties towards the neighbour).
     Inside nnU-Net, D comes from the per-class ``distance`` maps of the augmentation workers, in the
-    units of the plan's spacing, so θ is then in millimetres; standalone it is computed from the
-    target with scipy, in voxels.
+    units of the plan's spacing, so θ is then in millimetres; standalone the same maps are computed
+    from the target (:mod:`autoseg.losses.maps`, on the CPU, once per call), in voxels.
 
     Args:
         logits: raw scores ``[B, C, *spatial]`` (2D or 3D).
@@ -235,7 +214,11 @@ def active_boundary_loss(
     target = check_logits_target(logits, target, ignore_index)
     mask = valid_mask(target, ignore_index)
     if distance is None:
-        d = label_distance(target)
+        # Standalone: the maps the workers would have computed (edt on the CPU, once per call).
+        from autoseg.losses.maps import compute_maps_torch
+
+        distance = compute_maps_torch(target, logits.shape[1], ("distance",), ignore_index=ignore_index)["distance"]
+        d = boundary_distance(distance)
     else:
         check_extras("active_boundary", ("distance",), {"distance": distance}, logits)
         d = boundary_distance(distance)
