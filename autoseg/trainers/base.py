@@ -75,12 +75,11 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             # Street scenes have no background class: class 0 (road, sky) must be trained like any other.
             context["include_background"] = True
         loss = build_loss(self.loss_name, context=context, **self.loss_args).to(self.device)
-        spacing = tuple(float(s) for s in self.configuration_manager.spacing)
         for module in loss.modules():
             # Losses that compute maps of the prediction themselves (hausdorff_dt) measure them in
             # the plan's spacing, the unit of the ground-truth maps the workers hand them.
             if hasattr(module, "spacing") and module.spacing is None:
-                module.spacing = spacing
+                module.spacing = tuple(float(s) for s in self.configuration_manager.spacing)
         return loss
 
     def deep_supervision_weights(self) -> list[float] | None:

@@ -41,7 +41,7 @@ def exp_log_loss(
     gamma_ce: float = 0.3,
     weight: Sequence[float] | None = None,
     ignore_index: int | None = None,
-    include_background: bool = False,
+    include_background: bool = True,
     batch: bool = False,
     smooth: float = 1.0,
     reduction: str = "mean",
@@ -59,7 +59,10 @@ def exp_log_loss(
     tiny ``s`` an absent class that is predicted a little has Dice near 0 and ``-ln`` near 12).
     ``weight`` are the optional per-class weights :math:`w_l` (the paper uses
     :math:`((\sum_k f_k)/f_l)^{0.5}`, f the label frequencies); the voxel mean is not normalised
-    by them. Powers below 1 have an infinite slope at 0; below 1e-6 they are continued linearly.
+    by them. ``include_background=True`` by default, unlike the Dice-type losses: Wong et al. average
+    the Dice term over all labels, background included. Powers below 1 have an infinite slope at 0;
+    below 1e-6 they are continued linearly (:func:`~autoseg.losses._functional.safe_pow`), which
+    changes a term whose base is below 1e-6 by up to 6.6e-3 at γ = 0.3.
 
     Example:
         >>> logits = torch.tensor([[[[9.0, -9.0]], [[-9.0, 9.0]]]])
@@ -94,7 +97,7 @@ class ExpLogLoss(RegionLoss):
     """Exponential logarithmic loss: w_dice E[(-ln Dice_c)^g] + w_ce E[w_y (-ln p_y)^g]."""
 
     def __init__(self, w_dice: float = 0.8, w_ce: float = 0.2, gamma_dice: float = 0.3, gamma_ce: float = 0.3,
-                 weight: Sequence[float] | None = None, *, include_background: bool = False, batch: bool = False,
+                 weight: Sequence[float] | None = None, *, include_background: bool = True, batch: bool = False,
                  smooth: float = 1.0, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(include_background=include_background, batch=batch, smooth=smooth,
                          ignore_index=ignore_index, reduction=reduction)

@@ -32,8 +32,9 @@ def focal_tversky_loss(
     that the scale does not grow with the number of classes (a constant factor). ``alpha`` weighs
     false negatives, ``beta`` false positives (see :func:`tversky_loss`); ``gamma = 1`` is the
     Tversky loss. With ``gamma > 1`` the slope of ``x^{1/gamma}`` at 0 is infinite; below
-    ``1e-6`` the power is continued linearly so gradients stay finite (values below 1e-6 of a
-    class's Tversky loss are changed by less than 1e-6).
+    ``1e-6`` the power is continued linearly so gradients stay finite; a class whose Tversky loss is
+    below 1e-6 has its term changed by up to 3.3e-6 at the default γ = 4/3 (exponent 0.75) and up to
+    3.8e-3 at γ = 3 (see :func:`~autoseg.losses._functional.safe_pow`).
 
     Example:
         >>> logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]]]])

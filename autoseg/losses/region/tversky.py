@@ -51,10 +51,10 @@ def tversky_loss(
 
     Salehi, Erdogmus, Gholipour, "Tversky loss function for image segmentation using 3D fully
     convolutional deep networks", MLMI 2017 (arXiv:1706.05721). ``alpha`` weighs FALSE NEGATIVES and
-    ``beta`` FALSE POSITIVES (papers and libraries swap the letters: MONAI and kornia use ``alpha``
-    for false positives); the default 0.7 / 0.3 is Salehi's best setting, which punishes missed
-    foreground more. ``alpha = beta = 0.5`` is :func:`dice_loss`, ``alpha = beta = 1`` is
-    :func:`iou_loss`.
+    ``beta`` FALSE POSITIVES, as in the survey's notation; Salehi et al.'s paper, MONAI and kornia use
+    the opposite letters (their α weighs false positives). The default 0.7 / 0.3 is Salehi's best
+    setting (written α = 0.3, β = 0.7 in the paper), which punishes missed foreground more.
+    ``alpha = beta = 0.5`` is :func:`dice_loss`, ``alpha = beta = 1`` is :func:`iou_loss`.
 
     Example:
         >>> logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]]]])  # p = 0.5 everywhere
