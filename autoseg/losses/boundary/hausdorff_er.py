@@ -94,7 +94,7 @@ def hausdorff_er_loss(
     ``include_background``; with two classes the two channels give the same map).
 
     Karimi & Salcudean, "Reducing the Hausdorff distance in medical image segmentation with
-    convolutional neural networks", IEEE TMI 39(2), 2020 (arXiv:1904.10030), Eq. (8). The paper
+    convolutional neural networks", IEEE TMI 39(2), 2020 (arXiv:1904.10030), the erosion-based loss. The paper
     trains the Hausdorff term together with a Dice loss, :math:`L_{HD} + \lambda L_{DSC}`; the
     erosion term alone gives no gradient wherever the errors are thin or below one half (it is 0
     there), so a network does not learn from it alone. ``weight_dice`` is that λ (the soft Dice of
