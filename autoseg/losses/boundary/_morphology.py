@@ -1,9 +1,15 @@
-"""Tensor morphology shared by the head-based boundary losses: label boundaries, depth bins, soft erosions.
+"""Grey-level morphology on ``[B, C, *spatial]`` tensors (2D and 3D) shared by the boundary losses.
 
-Everything here is pure PyTorch (runs where the logits are, 2D and 3D) and uses the full 3^d cube
-(8 neighbours in 2D, 26 in 3D), so "depth" is the chessboard distance to the nearest voxel of another
-label. Ignored voxels are neutral: they neither make a boundary nor erode a region, and the border of
-the patch is not a boundary (a patch cuts objects, it does not end them).
+Everything here is plain tensor arithmetic or max pooling, so it runs wherever the logits are (GPU
+included), is differentiable where a loss needs it, and is exact under autocast (no convolution,
+which autocast would move to half precision).
+
+Two neighbourhoods: the face-connected cross (``cross_sum``, ``soft_erode``...: Karimi & Salcudean,
+Boundary DoU, clDice) and the full 3^d cube (``erode_cube``, ``survival``, ``label_boundary``: the
+head-based losses ``boundary_aware``, ``inverseform``, ``conditional_boundary``). With the cube,
+"depth" is the chessboard distance to the nearest voxel of another label; ignored voxels are neutral
+(they neither make a boundary nor erode a region), and the border of the patch is not a boundary (a
+patch cuts objects, it does not end them).
 """
 
 from __future__ import annotations
@@ -12,7 +18,84 @@ import torch
 import torch.nn.functional as F
 
 
-def erode(x: torch.Tensor, times: int = 1) -> torch.Tensor:
+def shifted(x: torch.Tensor, axis: int, step: int, fill: float = 0.0) -> torch.Tensor:
+    """``y[..., i, ...] = x[..., i + step, ...]`` along ``axis``; positions outside the tensor read ``fill``."""
+    n = x.shape[axis]
+    if abs(step) >= n:
+        return torch.full_like(x, fill)
+    pad = [0, 0] * (x.ndim - 1 - axis % x.ndim) + ([0, step] if step > 0 else [-step, 0])
+    padded = F.pad(x, pad, value=fill)
+    start = step if step > 0 else 0
+    return padded.narrow(axis, start, n)
+
+
+def cross_sum(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Sum of each voxel and its face neighbours (the cross: 5 in 2D, 7 in 3D), outside read as ``fill``.
+
+    This is the correlation with the cross-shaped structuring element of Karimi & Salcudean and of
+    the Boundary DoU code (``[[0,1,0],[1,1,1],[0,1,0]]`` and its 3D analogue), zero padded.
+    """
+    out = x
+    for axis in range(2, x.ndim):
+        out = out + shifted(x, axis, 1, fill) + shifted(x, axis, -1, fill)
+    return out
+
+
+def inner_boundary(mask: torch.Tensor) -> torch.Tensor:
+    """Voxels of a boolean ``mask`` with at least one face neighbour outside it; the image border counts as outside.
+
+    The Boundary DoU definition: its code convolves the mask with the cross (zero padding) and keeps
+    the mask voxels whose sum is below 5 (2D).
+    """
+    full = 2 * (mask.ndim - 2) + 1
+    return mask & (cross_sum(mask.to(torch.int32)) < full)
+
+
+def soft_erode(x: torch.Tensor) -> torch.Tensor:
+    """Minimum over the cross (min pooling along each axis), the image outside ignored (clDice's soft erosion)."""
+    if x.ndim == 4:
+        kernels = [(3, 1), (1, 3)]
+    elif x.ndim == 5:
+        kernels = [(3, 1, 1), (1, 3, 1), (1, 1, 3)]
+    else:
+        raise ValueError(f"expected [B, C, H, W] or [B, C, D, H, W], got {tuple(x.shape)}")
+    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
+    out = None
+    for k in kernels:
+        e = -pool(-x, k, 1, tuple(s // 2 for s in k))
+        out = e if out is None else torch.minimum(out, e)
+    return out
+
+
+def soft_dilate(x: torch.Tensor) -> torch.Tensor:
+    """Maximum over the 3x3 (3x3x3) square, the image outside ignored (clDice's soft dilation)."""
+    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
+    return pool(x, 3, 1, 1)
+
+
+def soft_open(x: torch.Tensor) -> torch.Tensor:
+    return soft_dilate(soft_erode(x))
+
+
+def soft_skeleton(x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Soft skeleton of Shit et al. (clDice, Algorithm 1): the union of opening residues of successive erosions.
+
+    ``skel = relu(x - open(x))``, then ``iterations`` times: ``x = erode(x)``,
+    ``delta = relu(x - open(x))``, ``skel = skel + relu(delta - skel * delta)``. On a binary image
+    this is Lantuejoul's morphological skeleton restricted to ``iterations + 1`` erosion levels.
+    """
+    skel = F.relu(x - soft_open(x))
+    for _ in range(iterations):
+        x = soft_erode(x)
+        delta = F.relu(x - soft_open(x))
+        skel = skel + F.relu(delta - skel * delta)
+    return skel
+
+
+# ---- the full 3^d cube: label boundaries, depth bins and their soft versions (head-based losses)
+
+
+def erode_cube(x: torch.Tensor, times: int = 1) -> torch.Tensor:
     """Grey-value erosion (minimum over the 3^d cube) of ``[B, C, *spatial]``, ``times`` times.
 
     Out-of-patch voxels count as +inf, so they never erode (max pooling pads with -inf).
@@ -41,7 +124,7 @@ def survival(probs: torch.Tensor, mask: torch.Tensor | None, depth: int) -> list
     x = _neutral(probs, mask)
     out = []
     for _ in range(depth):
-        x = erode(x)
+        x = erode_cube(x)
         e = x.sum(1)
         if mask is not None:
             e = e * mask.to(e.dtype)
