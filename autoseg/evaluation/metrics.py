@@ -36,15 +36,19 @@ from collections.abc import Sequence
 import numpy as np
 
 # Bump when a definition changes: cached per-case results computed under another version are recomputed.
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: the diagonal of 1 x H x W images leaves out the dummy axis
 
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "hd95": False, "nsd": True}
 METRIC_NAMES = ("dice", "iou", "hd95", "nsd")
 
 
 def image_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
-    """Physical length of the image diagonal, the worst-case distance used when one structure is empty."""
-    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+    """Physical length of the image diagonal, the worst-case distance used when one structure is empty.
+
+    Singleton axes are left out, as they are for the distances themselves: a 2D image stored as 1 x H x W carries
+    nnU-Net's dummy spacing 999 on its first axis, and no distance inside the image runs along it.
+    """
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing) if n > 1)))
 
 
 def _check_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None) -> tuple[float, ...]:

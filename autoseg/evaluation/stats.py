@@ -1,5 +1,6 @@
-"""Statistical tests for comparing losses: paired Wilcoxon with Holm correction, Friedman with the Nemenyi critical
-difference, and Kendall's tau between rankings. Pure functions of numpy arrays."""
+"""Statistical tests for comparing losses: paired Wilcoxon with Holm correction, a paired permutation test of the
+dataset-level mIoU, Friedman (chi-squared and Iman-Davenport F) with the Nemenyi critical difference, and Kendall's
+tau between rankings. Pure functions of numpy arrays."""
 
 from __future__ import annotations
 
@@ -96,11 +97,35 @@ def _signed_rank_direction(d: np.ndarray) -> int:
 
 @dataclass
 class FriedmanResult:
+    """Friedman's chi-squared and its p, and Iman and Davenport's F form of the same test with its p (Demšar 2006
+    recommends the F: the chi-squared approximation is conservative)."""
+
     statistic: float
     pvalue: float
     average_ranks: np.ndarray  # rank 1 = best
     n_blocks: int
     n_methods: int
+    f_statistic: float = float("nan")
+    f_pvalue: float = float("nan")
+
+    def rejects(self, alpha: float) -> bool:
+        """Whether the test (Iman-Davenport F) finds a difference between the methods at ``alpha``."""
+        return bool(self.f_pvalue < alpha)
+
+
+def iman_davenport(chi2: float, n_blocks: int, n_methods: int) -> tuple[float, float]:
+    """Iman and Davenport's ``F = (N - 1) chi2 / (N (k - 1) - chi2)`` with ``(k - 1, (k - 1)(N - 1))`` degrees of
+    freedom, and its p. Every block ranking the methods alike (``chi2 = N (k - 1)``) gives F = inf, p = 0; a single
+    block has no denominator degrees of freedom (F and p NaN)."""
+    n, k = n_blocks, n_methods
+    df1, df2 = k - 1, (k - 1) * (n - 1)
+    if df2 <= 0:
+        return float("nan"), float("nan")
+    denom = n * (k - 1) - chi2
+    if denom <= 0:
+        return float("inf"), 0.0
+    f = (n - 1) * chi2 / denom
+    return float(f), float(stats.f.sf(f, df1, df2))
 
 
 def friedman(matrix: np.ndarray, higher_is_better: bool = True) -> FriedmanResult:
@@ -122,9 +147,10 @@ def friedman(matrix: np.ndarray, higher_is_better: bool = True) -> FriedmanResul
     denom = 1.0 - ties / (n * k * (k * k - 1))
     chi2 = (12.0 / (n * k * (k + 1)) * float(np.sum(rank_sums ** 2)) - 3.0 * n * (k + 1))
     if denom <= 0:  # every block all tied: no evidence of any difference
-        return FriedmanResult(0.0, 1.0, rank_sums / n, n, k)
+        return FriedmanResult(0.0, 1.0, rank_sums / n, n, k, 0.0, 1.0)
     chi2 /= denom
-    return FriedmanResult(float(chi2), float(stats.chi2.sf(chi2, k - 1)), rank_sums / n, n, k)
+    f, fp = iman_davenport(chi2, n, k)
+    return FriedmanResult(float(chi2), float(stats.chi2.sf(chi2, k - 1)), rank_sums / n, n, k, f, fp)
 
 
 def nemenyi_critical_difference(n_methods: int, n_blocks: int, alpha: float = 0.05) -> float:
@@ -161,3 +187,81 @@ def kendall_tau(ranking_a: Sequence[float], ranking_b: Sequence[float]) -> float
     if a.size < 2:
         return float("nan")
     return float(stats.kendalltau(a, b).statistic)
+
+
+def _sign_patterns(n: int, n_perm: int, seed: int) -> tuple[np.ndarray, bool]:
+    """``[n_patterns, n]`` 0/1 swap patterns: all ``2^n`` when that is at most ``n_perm`` (an exact test), else
+    ``n_perm`` random ones (seeded) plus the identity."""
+    if 2 ** n <= n_perm:
+        return ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(float), True
+    rng = np.random.default_rng(seed)
+    return np.vstack([np.zeros((1, n)), rng.integers(0, 2, (n_perm, n))]).astype(float), False
+
+
+def paired_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, i: int, j: int, n_perm: int = 2000,
+                            seed: int = 0) -> tuple[float, float]:
+    """Two-sided paired permutation test of the dataset-level mIoU of methods ``i`` and ``j``.
+
+    ``tp/fp/fn[n_images, n_methods, n_classes]``. Under the null hypothesis the two methods' predictions of an image
+    are exchangeable: each pattern swaps the confusion counts of i and j on some images, rebuilds both confusion
+    matrices and takes the mIoU difference. ``p = (number of patterns with |d| >= |d_observed|) / patterns``; with
+    at most ``n_perm`` patterns in all (``2^n_images``) every one is used and p is exact, otherwise the identity plus
+    ``n_perm`` random patterns. Returns ``(d_observed, p)``, d = mIoU_i - mIoU_j.
+    """
+    tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=float)) for x in (tp, fp, fn))
+    n = tp.shape[0]
+    s, _ = _sign_patterns(n, n_perm, seed)  # [P, n]
+    den = tp + fp + fn
+
+    def miou_pair(t_i, d_i, t_j, d_j):
+        # counts of i with the swapped images taken from j, and the other way round
+        ti = t_i.sum(0) + s @ (t_j - t_i)
+        di = d_i.sum(0) + s @ (d_j - d_i)
+        tj = t_j.sum(0) + s @ (t_i - t_j)
+        dj = d_j.sum(0) + s @ (d_i - d_j)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = np.where(di > 0, ti / np.where(di > 0, di, 1), np.nan)
+            b = np.where(dj > 0, tj / np.where(dj > 0, dj, 1), np.nan)
+        return _nanmean_rows(a) - _nanmean_rows(b)
+
+    d = miou_pair(tp[:, i], den[:, i], tp[:, j], den[:, j])
+    observed = float(d[0])
+    if not np.isfinite(observed) or observed == 0.0:
+        return observed, 1.0
+    # a relative tolerance: swapped patterns that give the same difference up to rounding count as extreme
+    p = float(np.mean(np.abs(d) >= abs(observed) * (1 - 1e-9)))
+    return observed, p
+
+
+def _nanmean_rows(a: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok.any(1), np.where(ok, a, 0.0).sum(1) / np.maximum(ok.sum(1), 1), np.nan)
+
+
+def pairwise_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, alpha: float = 0.05,
+                              n_perm: int = 2000, seed: int = 0) -> PairwiseTests:
+    """:func:`paired_permutation_miou` for every pair of methods, Holm-corrected together; ``better[i, j]`` when
+    i's dataset-level mIoU is significantly higher than j's."""
+    k = np.asarray(tp).shape[1]
+    p = np.full((k, k), np.nan)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    results = [paired_permutation_miou(tp, fp, fn, i, j, n_perm, seed) for i, j in pairs]
+    adj = holm([pv for _, pv in results])
+    p_holm = np.full((k, k), np.nan)
+    better = np.zeros((k, k), dtype=bool)
+    for (i, j), (d, pr), pa in zip(pairs, results, adj):
+        p[i, j] = p[j, i] = pr
+        p_holm[i, j] = p_holm[j, i] = pa
+        if pa < alpha and d > 0:
+            better[i, j] = True
+        elif pa < alpha and d < 0:
+            better[j, i] = True
+    return PairwiseTests(p, p_holm, better, alpha)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Central ``level`` percentile interval of bootstrap samples along ``axis`` (NaN samples left out)."""
+    q = (1 - level) / 2 * 100
+    with np.errstate(invalid="ignore"):
+        return (np.nanpercentile(samples, q, axis=axis), np.nanpercentile(samples, 100 - q, axis=axis))

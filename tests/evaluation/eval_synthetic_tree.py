@@ -11,6 +11,7 @@ DATASET = "Dataset999_Toy"
 SHAPE = (6, 12, 12)
 SPACING = (2.0, 1.0, 1.0)  # numpy axis order, mm
 LABELS = {"background": 0, "organ": 1, "tumour": 2}
+NATURAL_CLASS_NAMES = {"0": "sky", "1": "organ", "2": "tumour"}  # a natural-image tree: class 0 is a real class
 
 
 def write_seg(path: Path, arr: np.ndarray, spacing=SPACING) -> None:
@@ -64,8 +65,9 @@ def build_tree(root: Path, cases_per_fold=(10, 4), methods=("good", "twin_a", "t
     results, pre, raw = root / "results", root / "preprocessed", root / "raw"
     dataset_json = {"labels": LABELS, "file_ending": ".nii.gz", "numTraining": sum(cases_per_fold),
                     "channel_names": {"0": "CT"}}
-    if natural:
-        dataset_json["natural_image"] = True
+    if natural:  # as autoseg's converter writes it: the flag and the real name of class 0 in the autoseg block
+        dataset_json["autoseg"] = {"natural_image": True, "class_names": NATURAL_CLASS_NAMES,
+                                   "evaluated_classes": [0, 1, 2], "aggregation": "dataset_confusion_matrix"}
     (pre / DATASET).mkdir(parents=True, exist_ok=True)
     (pre / DATASET / "dataset.json").write_text(json.dumps(dataset_json))
     rng = np.random.default_rng(0)

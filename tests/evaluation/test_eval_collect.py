@@ -127,8 +127,12 @@ def test_natural_image_evaluates_label_zero_and_skips_distances(tmp_path):
     tree = build_tree(tmp_path, cases_per_fold=(2,), methods=("good",), missing=(), failed=(), progress_png=False,
                       natural=True)
     ev = evaluate(tree["results"], preprocessed=tree["preprocessed"], progress=None)
-    assert sorted({r["label"] for r in ev.rows}) == [1, 2]  # label 0 is named "background": not a class
+    # label 0 is "background" in dataset.json (nnU-Net insists) but sky in the autoseg block: a class, by its name
+    assert sorted({(r["label"], r["class_name"]) for r in ev.rows}) == [(0, "sky"), (1, "organ"), (2, "tumour")]
     assert all(np.isnan(r["hd95"]) for r in ev.rows)
+    sky = [r for r in ev.rows if r["label"] == 0]
+    assert all(r["iou"] == 1.0 and r["tp"] > 0 for r in sky)  # "good" predicts the reference: sky scored, perfect
+    assert ev.datasets[DATASET].excluded_labels() == {}
 
 
 def test_missing_results_folder_is_an_error(tmp_path):
@@ -145,13 +149,28 @@ def test_shape_mismatch_is_reported_not_fatal(tmp_path):
     assert os.path.exists(ev.runs_path)
 
 
-def test_natural_image_label_zero_is_a_real_class_unless_named_background(tmp_path):
-    from autoseg.evaluation.collect import DatasetInfo
+def test_natural_image_label_zero_is_a_real_class_whatever_its_name(tmp_path):
+    from autoseg.evaluation.collect import DatasetInfo, dataset_info_from_json
 
     street = DatasetInfo("D", {"road": 0, "sidewalk": 1, "ignore": 255}, ".png", 255, True, tmp_path)
     assert street.evaluated_labels() == [0, 1]
+    named_background = DatasetInfo("D", {"background": 0, "car": 1}, ".png", None, True, tmp_path)
+    assert named_background.evaluated_labels() == [0, 1]
     medical = DatasetInfo("D", {"background": 0, "liver": 1}, ".nii.gz", None, False, tmp_path)
-    assert medical.evaluated_labels() == [1]
+    assert medical.evaluated_labels() == [1] and medical.excluded_labels() == {0: "background"}
+    # what the CamVid converter writes: label 0 "background" for nnU-Net, its real name and the flag in "autoseg";
+    # no top-level natural_image key (a plain nnU-Net run has no autoseg.json to say it either)
+    camvid = {"labels": {"background": 0, "building": 1, "ignore": 2}, "file_ending": ".png",
+              "autoseg": {"natural_image": True, "class_names": {"0": "sky", "1": "building"},
+                          "evaluated_classes": [0, 1]}}
+    info = dataset_info_from_json(camvid, "Dataset001_CamVid", tmp_path / "dataset.json")
+    assert info.natural_image and info.evaluated_labels() == [0, 1]
+    assert [info.class_name(v) for v in info.evaluated_labels()] == ["sky", "building"]
+    # a medical conversion: evaluated_classes leaves 0 out, and the report is told so
+    msd = {"labels": {"background": 0, "anterior": 1}, "autoseg": {"natural_image": False, "evaluated_classes": [1],
+                                                                  "class_names": {"0": "background", "1": "anterior"}}}
+    info = dataset_info_from_json(msd, "Dataset004_Hippocampus", tmp_path / "dataset.json")
+    assert info.evaluated_labels() == [1] and info.excluded_labels() == {0: "background"}
 
 
 def test_references_from_summary_json_when_no_preprocessed_folder(tmp_path, monkeypatch):

@@ -36,9 +36,15 @@ def test_known_winner_twins_and_loser(report):
     # paired on the 10 cases of fold 0 (twin_b lacks fold 1): the 4 fold-1 cases of the others are left out
     assert len(g.cases) == 10 and g.excluded == {"good": 4, "twin_a": 4, "bad": 4}
     ranking = {r["loss"]: r for r in _csv(next((out / "tables").glob("ranking_*.csv")))}
-    assert ranking["good"]["consensus rank"] == "1" and ranking["good"]["95% interval"] == "[1, 1]"
-    assert ranking["bad"]["consensus rank"] == "4" and ranking["bad"]["95% interval"] == "[4, 4]"
-    assert ranking["twin_a"]["consensus rank"] == ranking["twin_b"]["consensus rank"] == "2.5"
+    consensus = "consensus over metrics and classes"
+    assert ranking["good"][consensus] == "1" and ranking["good"]["consensus 95% interval"] == "[1, 1]"
+    assert ranking["bad"][consensus] == "4" and ranking["bad"]["consensus 95% interval"] == "[4, 4]"
+    assert ranking["twin_a"][consensus] == ranking["twin_b"][consensus] == "2.5"
+    # the headline (mean foreground Dice) ranks the same way and leads the table
+    assert list(ranking["good"])[:2] == ["loss", "headline (DSC)"]
+    assert [ranking[m]["headline (DSC)"] for m in ("good", "twin_a", "twin_b", "bad")] == ["1", "2.5", "2.5", "4"]
+    dsc = {r["loss"]: r for r in _csv(next((out / "tables").glob("dsc_*.csv")))}
+    assert dsc["good"]["rank 95% interval"] == "[1, 1]" and dsc["bad"]["rank 95% interval"] == "[4, 4]"
     # good beats all three (p = 2/2^10 * 6 after Holm), the twins only bad, bad nothing
     assert ranking["good"]["significant wins"] == "3" and ranking["bad"]["significant wins"] == "0"
     assert ranking["twin_a"]["significant wins"] == ranking["twin_b"]["significant wins"] == "1"
@@ -80,7 +86,7 @@ def test_outputs_are_complete_and_html_is_self_contained(report):
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in page and "https://" not in page  # opens offline
-    from_evaluate = {"metrics.csv", "metrics_runs.csv"}  # the tidy table and run list, not shown as tables
+    from_evaluate = {"metrics.csv", "metrics_runs.csv", "metrics_long.csv"}  # the tidy table and run list, not shown as tables
     assert from_evaluate <= {p.name for p in (out / "tables").glob("*.csv")}
     assert page.count("<table") == len(list((out / "tables").glob("*.csv"))) - len(from_evaluate)
 
@@ -129,7 +135,7 @@ def test_natural_images_report_dataset_level_iou(tmp_path):
     table = {r["loss"]: r for r in _csv(next((tmp_path / "r" / "tables").glob("iou_*.csv")))}
     # expected by counting voxels directly: one confusion matrix summed over the three images
     expected = {}
-    for label, name in ((1, "organ"), (2, "tumour")):
+    for label, name in ((0, "sky"), (1, "organ"), (2, "tumour")):
         tp = fp = fn = 0
         for i in range(3):
             a, b, c = _counts(PREDICT["twin_a"](reference(i), i), reference(i), label)
@@ -137,8 +143,9 @@ def test_natural_images_report_dataset_level_iou(tmp_path):
         expected[name] = tp / (tp + fp + fn) * 100
     assert table["twin_a"]["IoU organ (%)"] == f"{expected['organ']:.2f}"
     assert table["twin_a"]["IoU tumour (%)"] == f"{expected['tumour']:.2f}"
-    assert table["twin_a"]["mIoU (%)"].startswith(f"{(expected['organ'] + expected['tumour']) / 2:.2f} ± ")
-    assert table["good"]["mIoU (%)"] == "100.00 ± 0.00"
+    assert table["twin_a"]["IoU sky (%)"] == f"{expected['sky']:.2f}"  # class 0, under its real name
+    assert table["twin_a"]["mIoU (%)"] == f"{sum(expected.values()) / 3:.2f}"  # over all three classes
+    assert table["good"]["mIoU (%)"] == "100.00" and table["good"]["sd (bootstrap)"] == "0.00"
     assert "dataset-level" in (tmp_path / "r" / "report.md").read_text()
 
 

@@ -1,0 +1,399 @@
+"""Analysis of the evaluation table: one paired comparison per group (same data, configuration, network, plans,
+budget), with its rankings and tests. Pure computation on the rows; nothing is written here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoseg.evaluation import ranking as rk
+from autoseg.evaluation import stats as st
+from autoseg.evaluation.metrics import HIGHER_IS_BETTER, pooled_iou
+
+GroupKey = tuple[str, str, str, str, str]
+GROUP_FIELDS = ("dataset", "configuration", "architecture", "plans", "budget")
+
+
+@dataclass
+class Headline:
+    """The headline ranking of a group: one statistic per loss, its bootstrap spread and interval, and the rank
+    interval it implies. Medical: mean over cases of the per-case mean foreground Dice. Natural images: the mIoU
+    over all classes of one confusion matrix over the images (dataset-level, as Cityscapes reports it)."""
+
+    statistic: str  # what is ranked, in words
+    short: str  # column name, e.g. "DSC" or "mIoU"
+    values: np.ndarray  # [n_methods], in [0, 1]
+    sd: np.ndarray  # medical: sd over cases; natural: bootstrap sd over images
+    sd_kind: str
+    low: np.ndarray  # 95 % bootstrap percentile interval of the statistic
+    high: np.ndarray
+    ranks: np.ndarray  # 1 = best, ties averaged
+    interval: rk.RankInterval  # bootstrap rank interval of the headline statistic
+    boot: np.ndarray  # [n_boot, n_methods] the statistic in each resample (the same resamples for every loss)
+
+
+@dataclass
+class Difference:
+    """A loss against the baseline on the paired cases: the headline statistic's difference (loss - baseline), its
+    95 % paired-bootstrap interval and the paired test's Holm-adjusted p."""
+
+    method: str
+    diff: float
+    low: float
+    high: float
+    p_holm: float
+
+
+@dataclass
+class GroupAnalysis:
+    """Everything the report says about one comparison group (same data, configuration, network, plans, budget)."""
+
+    key: GroupKey
+    natural: bool
+    methods: list[str]  # in headline order
+    labels: list[int]
+    class_names: list[str]
+    cases: list[str]  # cases every method has: the paired sample
+    excluded: dict[str, int]  # method -> cases it has that others lack (left out of the paired analysis)
+    values: dict[str, np.ndarray]  # metric -> [n_cases, n_methods, n_labels]
+    primary_name: str
+    primary: np.ndarray  # [n_cases, n_methods] per-case score: mean Dice (medical) / mean IoU over present classes
+    rows: list[dict] = field(default_factory=list)  # the group's rows, every case (the per-fold table uses them)
+    headline: Headline | None = None
+    rankings: dict[str, np.ndarray] = field(default_factory=dict)  # label -> ranks; the headline's first
+    consensus_tasks: list[str] = field(default_factory=list)
+    boot: np.ndarray | None = None  # bootstrap consensus ranks [n_boot, n_methods]
+    interval: rk.RankInterval | None = None  # of the consensus
+    tests: st.PairwiseTests | None = None
+    test_name: str = ""
+    wins: np.ndarray | None = None
+    friedman: st.FriedmanResult | None = None
+    cd: float | None = None
+    pooled: np.ndarray | None = None  # natural: dataset-level IoU [n_methods, n_labels]
+    baseline: str | None = None
+    differences: list[Difference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def miou_sd(self) -> np.ndarray | None:
+        return self.headline.sd if self.natural and self.headline is not None else None
+
+
+def _group_of(row: dict) -> GroupKey:
+    return tuple(str(row[f]) for f in GROUP_FIELDS)  # type: ignore[return-value]
+
+
+def split_mismatches(rows: Sequence[dict]) -> dict[str, str]:
+    """Folds whose validation cases are not the same for every method of a group (PROTOCOL: same folds for every
+    loss), each with a short description of the difference."""
+    cases: dict[str, dict[str, set[str]]] = {}
+    for r in rows:
+        cases.setdefault(str(r["fold"]), {}).setdefault(r["method"], set()).add(r["case"])
+    out = {}
+    for fold, by_method in cases.items():
+        union = set().union(*by_method.values())
+        short = {m: sorted(union - c) for m, c in by_method.items() if c != union}
+        if short:
+            out[fold] = "; ".join(f"{m} lacks {len(v)}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
+                                  for m, v in sorted(short.items()))
+    return out
+
+
+def _per_case_arrays(rows: Sequence[dict], methods: list[str], labels: list[int]):
+    by_method: dict[str, dict[tuple[str, int], dict]] = {m: {} for m in methods}
+    for r in rows:
+        by_method[r["method"]][(r["case"], int(r["label"]))] = r
+    case_sets = {m: {c for c, _ in d} for m, d in by_method.items()}
+    common = sorted(set.intersection(*case_sets.values()))
+    excluded = {m: len(s) - len(common) for m, s in case_sets.items() if len(s) > len(common)}
+    metrics = ["dice", "iou", "hd95", "nsd", "tp", "fp", "fn"]
+    values = {m: np.full((len(common), len(methods), len(labels)), np.nan) for m in metrics}
+    for j, meth in enumerate(methods):
+        d = by_method[meth]
+        for i, case in enumerate(common):
+            for k, lab in enumerate(labels):
+                r = d.get((case, lab))
+                if r is not None:
+                    for m in metrics:
+                        values[m][i, j, k] = float(r[m])
+    return common, excluded, values
+
+
+def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Per-image mean IoU over the classes present in the reference or the prediction of that image: a class absent
+    from both says nothing about the method and is left out (not scored 1). ``[..., n_classes]`` -> ``[...]``."""
+    present = (np.nan_to_num(tp) + np.nan_to_num(fp) + np.nan_to_num(fn)) > 0
+    x = np.where(present, iou, np.nan)
+    ok = ~np.isnan(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok.any(-1), np.where(ok, x, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
+
+
+def headline_statistic(g: GroupAnalysis):
+    """``stat(idx[n_boot, n_cases]) -> [n_boot, n_methods]``: the headline statistic on resampled cases."""
+    if g.natural:
+        pooled = rk.pooled_iou_statistic(g.values["tp"], g.values["fp"], g.values["fn"])
+
+        def miou(idx: np.ndarray) -> np.ndarray:
+            per_class = pooled(idx)
+            ok = ~np.isnan(per_class)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(ok.any(-1), np.where(ok, per_class, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
+
+        return miou
+    mean = rk.mean_statistic(g.primary)
+    return lambda idx: mean(idx)[..., 0]
+
+
+def _headline(g: GroupAnalysis, n_boot: int, seed: int) -> Headline:
+    stat = headline_statistic(g)
+    n = len(g.cases)
+    point = stat(np.arange(n)[None])[0]
+    idx = rk.bootstrap_indices(n, n_boot, seed)
+    boot = stat(idx)
+    low, high = st.percentile_interval(boot)
+    ranks_boot = rk.rank_values(boot, True, axis=1)
+    if g.natural:
+        sd, sd_kind = (boot.std(axis=0, ddof=1) if n_boot > 1 else np.full(len(g.methods), np.nan),
+                       "bootstrap sd over images")
+        statistic, short = "mIoU over all classes, dataset-level (one confusion matrix over the images)", "mIoU"
+    else:
+        sd = np.nanstd(g.primary, axis=0, ddof=1) if n > 1 else np.full(len(g.methods), np.nan)
+        sd_kind = "sd over cases"
+        statistic, short = "mean foreground Dice (mean over cases of the per-case mean DSC over classes)", "DSC"
+    return Headline(statistic, short, point, sd, sd_kind, low, high, rk.rank_values(point, True),
+                    rk.rank_interval(ranks_boot), boot)
+
+
+# ----------------------------------------------------------------------------------------- ranking methods
+# The rankings of the report, in the order of its ranking table: label(g) -> ranks (1 = best) or None where the
+# method does not apply. A new ranking method is one more entry.
+
+RankingMethod = Callable[[GroupAnalysis], "np.ndarray | None"]
+RANKING_METHODS: dict[str, tuple[Callable[[GroupAnalysis], str], RankingMethod]] = {}
+
+
+def ranking_method(key: str, label: Callable[[GroupAnalysis], str]):
+    """Register a ranking method under ``key``; ``label(g)`` is its column name in the report."""
+    def wrap(fn: RankingMethod) -> RankingMethod:
+        RANKING_METHODS[key] = (label, fn)
+        return fn
+    return wrap
+
+
+@ranking_method("headline", lambda g: f"headline ({g.headline.short})")
+def _rank_headline(g: GroupAnalysis):
+    return g.headline.ranks
+
+
+@ranking_method("consensus", lambda g: "consensus over metrics and classes")
+def _rank_consensus(g: GroupAnalysis):
+    return g.rankings.get("consensus over metrics and classes")
+
+
+@ranking_method("aggregate_then_rank", lambda g: f"aggregate-then-rank (per-case {g.primary_name})")
+def _rank_aggregate(g: GroupAnalysis):
+    # for natural images the aggregate of the images is the headline's dataset-level mIoU: no second column
+    return None if g.natural else rk.aggregate_then_rank(g.primary)
+
+
+@ranking_method("rank_then_aggregate", lambda g: f"rank-then-aggregate (per-{'image' if g.natural else 'case'} "
+                                                 f"{g.primary_name})")
+def _rank_then_aggregate(g: GroupAnalysis):
+    return rk.rank_then_aggregate(g.primary)
+
+
+@ranking_method("test_based", lambda g: f"test-based ({g.test_name})")
+def _rank_test_based(g: GroupAnalysis):
+    return None if g.wins is None else rk.rank_values(g.wins, higher_is_better=True)
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+
+
+def analyse_group(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                  baseline: str | None = "dice_ce", n_perm: int = 2000) -> GroupAnalysis:
+    """Paired analysis of the rows of one group (rows of :data:`autoseg.evaluation.tables.TABLE_COLUMNS`).
+
+    The headline statistic (:class:`Headline`) orders everything; the paired tests are Wilcoxon signed-rank on the
+    per-case mean Dice (medical) or a permutation test of the dataset-level mIoU (natural images), Holm-corrected.
+    """
+    key = _group_of(rows[0])
+    natural = bool(rows[0]["natural_image"])
+    methods = sorted({r["method"] for r in rows})
+    labels = sorted({int(r["label"]) for r in rows})
+    names = {int(r["label"]): r["class_name"] for r in rows}
+    common, excluded, values = _per_case_arrays(rows, methods, labels)
+    primary_name = "IoU" if natural else "DSC"
+    if not common:
+        primary = np.zeros((0, len(methods)))
+    elif natural:
+        primary = per_image_iou(values["iou"], values["tp"], values["fp"], values["fn"])
+    else:
+        primary = np.nanmean(values["dice"], axis=2)
+    g = GroupAnalysis(key, natural, methods, labels, [names[lab] for lab in labels], common, excluded, values,
+                      primary_name, primary, rows=list(rows))
+    if excluded:
+        g.notes.append("paired analyses use the cases every loss has; left out: "
+                       + ", ".join(f"{m} {n}" for m, n in sorted(excluded.items())))
+    for fold, msg in sorted(split_mismatches(rows).items()):
+        g.notes.append(f"WARNING: the validation cases of fold {fold} differ between losses ({msg}): the losses were "
+                       "not trained on the same split, or predictions are missing")
+    if len(common) == 0:
+        g.notes.append("no case is shared by every loss: no paired statistics")
+        return g
+    g.headline = _headline(g, n_boot, seed)
+    # consensus over metrics and classes (secondary view), with its bootstrap rank interval
+    if natural:
+        g.pooled = pooled_iou(values["tp"], values["fp"], values["fn"], axis=0)
+        stat = rk.pooled_iou_statistic(values["tp"], values["fp"], values["fn"])
+        g.consensus_tasks = [f"IoU {n} (dataset-level)" for n in g.class_names]
+    else:
+        tasks, hib, arrays = [], [], []
+        for metric in ("dice", "hd95", "nsd"):
+            if np.all(np.isnan(values[metric])):
+                continue
+            for k, n in enumerate(g.class_names):
+                arrays.append(values[metric][:, :, k])
+                tasks.append(f"{metric.upper() if metric != 'dice' else 'DSC'} {n}")
+                hib.append(HIGHER_IS_BETTER[metric])
+        stat = rk.mean_statistic(np.stack(arrays, axis=2), hib)
+        g.consensus_tasks = tasks
+    point = stat(np.arange(len(common))[None])
+    g.rankings["consensus over metrics and classes"] = rk.consensus(
+        np.swapaxes(rk.rank_values(point, True, axis=1), 1, 2))[0]
+    g.boot = rk.bootstrap_ranks(stat, len(common), n_boot, seed)
+    g.interval = rk.rank_interval(g.boot)
+    if len(methods) >= 2:
+        if natural:
+            g.tests = st.pairwise_permutation_miou(values["tp"], values["fp"], values["fn"], alpha, n_perm, seed)
+            g.test_name = "paired permutation test of the dataset-level mIoU over images, Holm"
+        else:
+            g.tests = st.pairwise_wilcoxon(primary, True, alpha)
+            g.test_name = "Wilcoxon signed-rank on per-case DSC, Holm"
+        g.wins = g.tests.better.sum(axis=1)
+        g.friedman = st.friedman(primary)
+        g.cd = st.nemenyi_critical_difference(len(methods), len(common), alpha)
+    if len(common) < 6 and not natural:
+        g.notes.append(f"only {len(common)} paired case(s): the two-sided Wilcoxon test cannot reach p < 0.05 "
+                       "below 6 cases")
+    if natural and len(common) < 6:
+        g.notes.append(f"only {len(common)} paired image(s): the permutation test has only {2 ** len(common)} "
+                       f"swap patterns, so its p cannot fall below {1 / 2 ** len(common):.3g}")
+    rankings = {}
+    for _, (label, fn) in RANKING_METHODS.items():
+        ranks = fn(g)
+        if ranks is not None:
+            rankings[label(g)] = np.asarray(ranks, dtype=float)
+    g.rankings = rankings
+    order = np.lexsort((g.rankings["consensus over metrics and classes"], g.headline.ranks))
+    _reorder(g, order)
+    _baseline_differences(g, baseline)
+    return g
+
+
+def _reorder(g: GroupAnalysis, order: np.ndarray) -> None:
+    """Put the methods in headline order everywhere."""
+    g.methods = [g.methods[i] for i in order]
+    g.values = {k: v[:, order] for k, v in g.values.items()}
+    g.primary = g.primary[:, order]
+    g.rankings = {k: v[order] for k, v in g.rankings.items()}
+    h = g.headline
+    if h is not None:
+        g.headline = Headline(h.statistic, h.short, h.values[order], h.sd[order], h.sd_kind, h.low[order],
+                              h.high[order], h.ranks[order], rk.rank_interval(rk.rank_values(h.boot[:, order], True,
+                                                                                              axis=1),
+                                                                               h.interval.level),
+                              h.boot[:, order])
+    if g.boot is not None:
+        g.boot = g.boot[:, order]
+        g.interval = rk.rank_interval(g.boot, g.interval.level)
+    if g.tests is not None:
+        ix = np.ix_(order, order)
+        g.tests = st.PairwiseTests(g.tests.p[ix], g.tests.p_holm[ix], g.tests.better[ix], g.tests.alpha)
+        g.wins = g.wins[order]
+        g.friedman.average_ranks = g.friedman.average_ranks[order]
+    if g.pooled is not None:
+        g.pooled = g.pooled[order]
+
+
+def _baseline_differences(g: GroupAnalysis, baseline: str | None) -> None:
+    """Paired differences of every loss against the baseline (or, when the group lacks it, the headline's best)."""
+    if g.headline is None or len(g.methods) < 2:
+        return
+    base = baseline if baseline in g.methods else None
+    if base is None:
+        base = g.methods[0]
+        if baseline:
+            g.notes.append(f"the baseline loss {baseline} is not in this group: differences are against the "
+                           f"headline's first loss, {base}")
+    b = g.methods.index(base)
+    g.baseline = base
+    h = g.headline
+    diffs = h.boot - h.boot[:, [b]]
+    low, high = st.percentile_interval(diffs)
+    for j, m in enumerate(g.methods):
+        if j == b:
+            continue
+        g.differences.append(Difference(m, float(h.values[j] - h.values[b]), float(low[j]), float(high[j]),
+                                        float(g.tests.p_holm[j, b]) if g.tests is not None else float("nan")))
+
+
+def headline_json(g: GroupAnalysis) -> dict:
+    """The verdict of a group for scripts: its key, what is ranked, and the losses in order with value, 95 % interval
+    and bootstrap rank interval."""
+    out = dict(zip(GROUP_FIELDS, g.key))
+    out["natural_image"] = g.natural
+    out["n_cases"] = len(g.cases)
+    if g.headline is None:
+        return {**out, "statistic": None, "ranking": []}
+    h = g.headline
+    out["statistic"] = h.statistic
+    out["higher_is_better"] = True
+    out["interval"] = "95% paired bootstrap percentile interval over cases"
+    out["ranking"] = [{"loss": m, "rank": float(h.ranks[j]), "value": _num(h.values[j]),
+                       "ci_low": _num(h.low[j]), "ci_high": _num(h.high[j]),
+                       "rank_interval": [float(h.interval.low[j]), float(h.interval.high[j])]}
+                      for j, m in enumerate(g.methods)]
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+# ------------------------------------------------------------------------------------------- other tables
+
+
+def fold_table(rows: Sequence[dict], natural: bool) -> dict[str, dict[str, float]]:
+    """Headline statistic per method and fold, over every case of that fold (not only the paired ones): the
+    per-fold numbers nnU-Net users report. Medical: mean over the fold's cases of the per-case mean Dice;
+    natural: the fold's dataset-level mIoU."""
+    by: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for r in rows:
+        by.setdefault((r["method"], str(r["fold"])), {}).setdefault(r["case"], []).append(r)
+    out: dict[str, dict[str, float]] = {}
+    for (method, fold), cases in by.items():
+        if natural:
+            tp = np.array([[float(r["tp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
+            fp = np.array([[float(r["fp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
+            fn = np.array([[float(r["fn"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
+            value = float(np.nanmean(pooled_iou(tp, fp, fn, axis=0)))
+        else:
+            value = float(np.mean([np.nanmean([float(r["dice"]) for r in c]) for c in cases.values()]))
+        out.setdefault(method, {})[fold] = value
+    return out
+
+
+def empty_counts(rows: Sequence[dict]) -> dict[tuple[str, str], dict[str, int]]:
+    """Per (method, class name): cases, cases whose reference is empty, whose prediction is empty, and both."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for r in rows:
+        c = out.setdefault((r["method"], r["class_name"]), {"cases": 0, "ref_empty": 0, "pred_empty": 0, "both": 0})
+        c["cases"] += 1
+        c["ref_empty"] += bool(r["ref_empty"])
+        c["pred_empty"] += bool(r["pred_empty"])
+        c["both"] += bool(r["ref_empty"]) and bool(r["pred_empty"])
+    return out

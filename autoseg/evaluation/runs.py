@@ -1,0 +1,144 @@
+"""Discovery of runs: every ``fold_<N>`` folder below a results folder, identified from autoseg.json or folder names."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_FOLDER_RE = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
+_AUTOSEG_TRAINER_RE = re.compile(r"^nnUNetTrainer_autoseg_(?P<loss>.+?)(?:_(?P<hash>[0-9a-f]{8}))?$")
+
+
+@dataclass
+class Run:
+    """One fold of one trained configuration, identified from autoseg.json or, failing that, its folder names."""
+
+    path: Path
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+    fold: str
+    loss: str
+    loss_args: dict = field(default_factory=dict)
+    method: str = ""
+    architecture: str = "unknown"
+    budget: str = "unknown"
+    budget_detail: dict = field(default_factory=dict)
+    seed: str = ""
+    status: str = "unknown"
+    natural_image: bool | None = None
+    state: str = ""  # what the evaluation made of it: "evaluated", or why it was not
+    n_cases: int = 0
+    n_computed: int = 0
+    meta: dict = field(default_factory=dict)  # autoseg.json as read (device, seconds, plan...), {} without one
+
+    @property
+    def group(self) -> tuple[str, str, str, str, str]:
+        """Runs in one group are compared with each other: same data, configuration, network, plans and budget."""
+        return (self.dataset, self.configuration, self.architecture, self.plans, self.budget)
+
+    def identity(self) -> dict:
+        return {"dataset": self.dataset, "configuration": self.configuration, "architecture": self.architecture,
+                "plans": self.plans, "budget": self.budget, "seed": self.seed, "method": self.method,
+                "loss": self.loss, "loss_args": json.dumps(self.loss_args, sort_keys=True), "trainer": self.trainer,
+                "fold": self.fold, "natural_image": bool(self.natural_image)}
+
+    def as_row(self) -> dict:
+        return {**self.identity(), "status": self.status, "state": self.state, "n_cases": self.n_cases,
+                "n_computed": self.n_computed, "budget_detail": json.dumps(self.budget_detail, sort_keys=True),
+                "path": str(self.path)}
+
+
+def method_name(loss: str, loss_args: dict, trainer_hash: str | None) -> str:
+    """Name of a loss with its hyper-parameters: ``combo`` for defaults, ``combo[alpha=0.3]`` otherwise."""
+    if not trainer_hash:
+        return loss
+    if loss_args:
+        return f"{loss}[{','.join(f'{k}={v}' for k, v in sorted(loss_args.items()))}]"
+    return f"{loss}[{trainer_hash}]"
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is absent or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def parse_run(fold_dir: Path) -> Run | None:
+    """A :class:`Run` for ``<dataset>/<trainer>__<plans>__<configuration>/fold_<N>``, or None if not one."""
+    m = _FOLDER_RE.match(fold_dir.parent.name)
+    if not fold_dir.name.startswith("fold_") or m is None:
+        return None
+    trainer, plans, configuration = m["trainer"], m["plans"], m["configuration"]
+    fold = fold_dir.name[len("fold_"):]
+    tm = _AUTOSEG_TRAINER_RE.match(trainer)
+    meta = read_json(fold_dir / "autoseg.json")
+    if meta is not None:
+        loss = str(meta.get("loss") or (tm["loss"] if tm else trainer))
+        loss_args = dict(meta.get("loss_args") or {})
+        trainer = str(meta.get("trainer", trainer))
+        tm = _AUTOSEG_TRAINER_RE.match(trainer)
+        budget = meta.get("budget") or {}
+        if not isinstance(budget, dict):
+            budget = {"name": str(budget)}
+        return Run(path=fold_dir, dataset=str(meta.get("dataset", fold_dir.parent.parent.name)), trainer=trainer,
+                   plans=str(meta.get("plans", plans)), configuration=str(meta.get("configuration", configuration)),
+                   fold=str(meta.get("fold", fold)), loss=loss, loss_args=loss_args,
+                   method=method_name(loss, loss_args, tm["hash"] if tm else None),
+                   architecture=str(meta.get("architecture", "unknown")), budget=str(budget.get("name", "unknown")),
+                   budget_detail=budget, seed=str(meta.get("seed", "")), status=str(meta.get("status", "unknown")),
+                   natural_image=meta.get("natural_image"), meta=meta)
+    # a plain nnU-Net run (or autoseg.json lost): identity from the folder names, done once training finished
+    loss = tm["loss"] if tm else trainer
+    status = "done" if (fold_dir / "checkpoint_final.pth").exists() else "unknown"
+    return Run(path=fold_dir, dataset=fold_dir.parent.parent.name, trainer=trainer, plans=plans,
+               configuration=configuration, fold=fold, loss=loss,
+               method=method_name(loss, {}, tm["hash"] if tm else None), status=status)
+
+
+def find_runs(results: Path) -> list[Run]:
+    """Every ``fold_*`` folder below ``results`` (a results root, one dataset or one trainer folder)."""
+    results = Path(results)
+    runs = []
+    for dirpath, dirnames, _ in os.walk(results):
+        dirnames.sort()
+        for d in list(dirnames):
+            if d.startswith("fold_"):
+                run = parse_run(Path(dirpath) / d)
+                if run is not None:
+                    runs.append(run)
+                dirnames.remove(d)  # never look inside a fold
+    return sorted(runs, key=lambda r: (r.group, r.method, fold_key(r.fold)))
+
+
+def fold_key(fold: str) -> tuple:
+    """Sort key of a fold name: numbered folds in numeric order, then the others (``all``, ``ensemble``)."""
+    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
+
+
+def missing_folds(runs: Sequence[Run]) -> list[Run]:
+    """Placeholder runs (status ``missing``) for folds that other methods of the same group have and one lacks."""
+    by_group: dict[tuple, dict[str, dict[str, Run]]] = {}
+    for r in runs:
+        by_group.setdefault(r.group, {}).setdefault(r.method, {})[r.fold] = r
+    out = []
+    for methods in by_group.values():
+        folds = set().union(*(set(f) for f in methods.values()))
+        for method, have in methods.items():
+            template = next(iter(have.values()))
+            for fold in sorted(folds - set(have), key=fold_key):
+                out.append(Run(path=template.path.parent / f"fold_{fold}", dataset=template.dataset,
+                               trainer=template.trainer, plans=template.plans, configuration=template.configuration,
+                               fold=fold, loss=template.loss, loss_args=template.loss_args, method=method,
+                               architecture=template.architecture, budget=template.budget,
+                               budget_detail=template.budget_detail, seed=template.seed, status="missing",
+                               natural_image=template.natural_image, state="fold folder missing"))
+    return out
