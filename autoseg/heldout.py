@@ -42,13 +42,15 @@ MODES = ("auto", "on", "off")
 AUTO_MAX_VOXELS_CPU = 50_000_000
 
 
-class TestSetError(ValueError):
+class HeldOutError(ValueError):
     """A test set that cannot be predicted or scored as asked (no imagesTs, no trained fold, a missing channel)."""
 
 
 @dataclass
 class TestSet:
     """The held-out cases of a raw nnU-Net dataset: channel files per case and, where public, their labels."""
+
+    __test__ = False  # not a pytest test class
 
     images_dir: Path
     labels_dir: Path | None
@@ -100,7 +102,7 @@ def find_test_set(raw_dataset_dir: str | os.PathLike, dataset_json: dict) -> Tes
             channels.setdefault(m["case"], []).append(int(m["channel"]))
     for case, numbers in channels.items():
         if numbers != list(range(len(numbers))):
-            raise TestSetError(f"test case {case} in {images}: channel files {[f.name for f in found[case]]} are not "
+            raise HeldOutError(f"test case {case} in {images}: channel files {[f.name for f in found[case]]} are not "
                                "numbered _0000, _0001, ... without gaps")
     if not found:
         return None
@@ -121,7 +123,7 @@ def decide(mode: str, test_set: TestSet | None, device_type: str) -> Decision:
     scored) and, on a CPU, only up to :data:`AUTO_MAX_VOXELS_CPU` test voxels; ``off`` never.
     """
     if mode not in MODES:
-        raise TestSetError(f"test-set mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise HeldOutError(f"test-set mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off":
         return Decision(False, "test-set prediction is off (--test-set off)")
     if test_set is None:
@@ -166,6 +168,8 @@ def ensemble_folds(run_dir: Path, n_cv_folds: int | None = None) -> list[int]:
 @dataclass
 class TestPrediction:
     """One prediction folder of the test set: the ensemble or a single fold."""
+
+    __test__ = False  # not a pytest test class
 
     name: str  # "ensemble" or "fold_<N>"
     folder: Path
@@ -224,10 +228,10 @@ def predict_test_set(run_dir: str | os.PathLike, test_set: TestSet, device: Any 
     available = trained_folds(run_dir)
     folds = sorted(set(folds)) if folds is not None else ensemble_folds(run_dir, n_cv_folds)
     if not folds:
-        raise TestSetError(f"no trained fold (fold_N/{CHECKPOINT}) in {run_dir}")
+        raise HeldOutError(f"no trained fold (fold_N/{CHECKPOINT}) in {run_dir}")
     missing = [f for f in folds if f not in available]
     if missing:
-        raise TestSetError(f"fold(s) {missing} of {run_dir} have no {CHECKPOINT} (trained: {available or 'none'})")
+        raise HeldOutError(f"fold(s) {missing} of {run_dir} have no {CHECKPOINT} (trained: {available or 'none'})")
     jobs = [(ENSEMBLE, folds)] + ([(f"fold_{f}", [f]) for f in folds] if per_fold else [])
     out = []
     for name, use in jobs:
@@ -341,12 +345,12 @@ def prediction_folders(run_dir: Path) -> list[Path]:
 def score_prediction(prediction_folder: Path, test_set: TestSet, dataset_json: dict):
     """Scores (:class:`autoseg.evaluation.summary.Scores`) of one test prediction folder against ``labelsTs``,
     or None when the test set has no labels."""
-    from autoseg.evaluation.summary import class_spec, folder_pairs, score_pairs
+    from autoseg.evaluation.summary import dataset_info, folder_pairs, score_pairs
 
     if not test_set.labelled:
         return None
     pairs = folder_pairs(prediction_folder, test_set.labels_dir, test_set.file_ending)
-    return score_pairs(pairs, class_spec(dataset_json))
+    return score_pairs(pairs, dataset_info(dataset_json))
 
 
 def run_test_set(mode: str, raw_dataset_dir: Path, dataset_json: dict, run_dir: Path, device: Any,
@@ -400,7 +404,7 @@ def predict_results(results: str | os.PathLike, raw: str | os.PathLike | None = 
     out = []
     folders = trainer_folders(results)
     if not folders:
-        raise TestSetError(f"no trained fold (fold_N/{CHECKPOINT}) below {results}")
+        raise HeldOutError(f"no trained fold (fold_N/{CHECKPOINT}) below {results}")
     for run_dir in folders:
         dataset = run_dir.parent.name
         dataset_json = json.loads((run_dir / "dataset.json").read_text())

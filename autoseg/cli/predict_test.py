@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from autoseg.cli.main import CliError
-    from autoseg.heldout import TestSetError, predict_results
+    from autoseg.heldout import HeldOutError, predict_results
     from autoseg.pipeline import PipelineError, parse_folds, pick_device
 
     if not args.results.is_dir():
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = predict_results(args.results, args.raw, device, folds=folds, per_fold=args.per_fold,
                               mirroring=not args.no_mirroring, log=log)
-    except (TestSetError, FileNotFoundError) as e:
+    except (HeldOutError, FileNotFoundError) as e:
         raise CliError(str(e)) from None
     if args.json:
         from autoseg.cli.plan_and_train import _jsonable

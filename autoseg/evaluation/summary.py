@@ -16,37 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.evaluation.dataset import DatasetInfo, dataset_info_from_json, read_segmentation
 from autoseg.evaluation.metrics import case_metrics, pooled_iou
 
 
-@dataclass
-class ClassSpec:
-    """Which label values are scored, under which names, and how (from a dataset.json)."""
-
-    labels: list[int]
-    names: dict[int, str]
-    ignore_label: int | None
-    natural_image: bool
-    left_out: dict[int, str] = field(default_factory=dict)  # value -> name of classes left out on purpose
-
-
-def class_spec(dataset_json: dict) -> ClassSpec:
-    """Scored classes of a dataset: the ``autoseg`` block written by ``autoseg convert`` when there is one (its
-    ``evaluated_classes`` and real ``class_names``: class 0 of a natural-image dataset is a class such as sky,
-    although nnU-Net's ``labels`` must call it "background"); otherwise every label but background and ignore."""
-    labels = {str(k): v for k, v in (dataset_json.get("labels") or {}).items() if not isinstance(v, (list, tuple))}
-    ignore = labels.get("ignore")
-    ignore = int(ignore) if ignore is not None else None
-    block = dataset_json.get("autoseg") or {}
-    natural = bool(block.get("natural_image", dataset_json.get("natural_image", False)))
-    names = {int(v): k for k, v in labels.items() if k != "ignore"}
-    names.update({int(k): str(v) for k, v in (block.get("class_names") or {}).items()})
-    if block.get("evaluated_classes") is not None:
-        scored = sorted(int(v) for v in block["evaluated_classes"])
-    else:
-        scored = sorted(v for v in names if v != ignore and (natural or v != 0))
-    left = {v: names.get(v, str(v)) for v in sorted(names) if v not in scored and v != ignore}
-    return ClassSpec(scored, {v: names.get(v, str(v)) for v in scored}, ignore, natural, left)
+def dataset_info(dataset_json: dict, name: str = "", path: Path | None = None) -> DatasetInfo:
+    """What is scored, under which names (the converter's ``autoseg`` block: class 0 of a natural-image dataset is a
+    class such as sky, although nnU-Net's ``labels`` must call it "background")."""
+    return dataset_info_from_json(dataset_json, name or str(dataset_json.get("name", "")), path or Path("dataset.json"))
 
 
 @dataclass
@@ -75,14 +52,13 @@ class Scores:
                 "n_cases": self.n_cases, "left_out": self.left_out, "absent": self.absent}
 
 
-def score_pairs(pairs: Iterable[tuple[Path, Path]], spec: ClassSpec) -> Scores:
+def score_pairs(pairs: Iterable[tuple[Path, Path]], info: DatasetInfo) -> Scores:
     """Score (prediction, reference) files: dataset-level IoU for natural images, case-mean Dice otherwise.
 
     For the medical Dice a case where a class is absent from both reference and prediction is left out of that
     class's mean, as nnU-Net's own summary does (its Dice is undefined there).
     """
-    from autoseg.evaluation.collect import read_segmentation
-
+    labels = info.evaluated_labels()
     counts = []  # per case: [n_labels, 3] tp, fp, fn
     dice: list[list[float]] = []
     n = 0
@@ -91,15 +67,15 @@ def score_pairs(pairs: Iterable[tuple[Path, Path]], spec: ClassSpec) -> Scores:
         ref, spacing = read_segmentation(Path(ref_path))
         if pred.shape != ref.shape:
             raise ValueError(f"{pred_path}: shape {pred.shape} differs from its reference {ref_path} {ref.shape}")
-        rows = case_metrics(pred, ref, spec.labels, spacing, ignore_label=spec.ignore_label, distances=False)
+        rows = case_metrics(pred, ref, labels, spacing, ignore_label=info.ignore_label, distances=False)
         counts.append([[r["tp"], r["fp"], r["fn"]] for r in rows])
         dice.append([math.nan if r["ref_empty"] and r["pred_empty"] else r["dice"] for r in rows])
         n += 1
-    names = [spec.names[v] for v in spec.labels]
-    left = list(spec.left_out.values())
+    names = [info.class_name(v) for v in labels]
+    left = list(info.excluded_labels().values())
     if n == 0:
-        return Scores("iou" if spec.natural_image else "dice", "", {k: math.nan for k in names}, math.nan, 0, left)
-    if spec.natural_image:
+        return Scores("iou" if info.natural_image else "dice", "", {k: math.nan for k in names}, math.nan, 0, left)
+    if info.natural_image:
         c = np.asarray(counts, dtype=np.float64)
         values = pooled_iou(c[..., 0], c[..., 1], c[..., 2], axis=0)
         metric, aggregation = "iou", "dataset_confusion_matrix"
@@ -140,4 +116,4 @@ def validation_scores(fold_dirs: Sequence[Path], gt_dir: Path, dataset_json: dic
     """Scores of nnU-Net's validation predictions of ``fold_dirs`` together (one confusion matrix for natural
     images, pooled over every validation image of every fold)."""
     pairs = validation_pairs(fold_dirs, gt_dir, str(dataset_json.get("file_ending", ".nii.gz")))
-    return score_pairs(pairs, class_spec(dataset_json))
+    return score_pairs(pairs, dataset_info(dataset_json))

@@ -169,3 +169,41 @@ def test_plain_nnunet_run_is_scored_as_natural_image(camvid, tmp_path):
         tp = {r["label"]: r["tp"] for r in rows if r["case"] == p.stem}
         pred, ref = _png(p), _png(pre / p.name)
         assert [tp[c] for c in range(11)] == [int(np.sum((pred == c) & (ref == c))) for c in range(11)]
+
+
+def test_report_shows_the_test_set_apart_from_cross_validation(camvid, tmp_path):
+    import csv
+
+    from autoseg.evaluation.collect import read_table
+
+    work = camvid["work"]
+    out = tmp_path / "report"
+    proc = autoseg_cli("report", str(work / "nnUNet_results"), "--preprocessed", str(work / "nnUNet_preprocessed"),
+                       "--raw", str(work / "nnUNet_raw"), "--out", str(out), "--bootstrap", "50", env=camvid["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_table(out / "tables" / "metrics.csv")
+    test_rows = [r for r in rows if r["split"] == "test"]
+    # both losses, their ensembles, 3 test images x 11 classes; the CV rows are the 2 validation images
+    assert {(r["method"], r["fold"]) for r in test_rows} == {(loss, "ensemble") for loss in LOSSES}
+    assert len(test_rows) == 2 * 3 * 11 and {r["class_name"] for r in test_rows} == set(CLASSES)
+    assert {r["case"] for r in rows if r["split"] == "cv"}.isdisjoint({r["case"] for r in test_rows})
+    labels = camvid["raw"] / "labelsTs"
+    tables = {p.stem: list(csv.reader(p.open())) for p in (out / "tables").glob("iou_*.csv")}
+    cv = [t for name, t in tables.items() if not name.startswith("iou_test_")]
+    test = [t for name, t in tables.items() if name.startswith("iou_test_")]
+    assert len(cv) == 1 and len(test) == 1
+    for header, *body in cv + test:
+        assert header[1] == "mIoU (%)" and [h for h in header if h.startswith("IoU ")] == [f"IoU {c} (%)" for c in CLASSES]
+        assert sorted(r[0] for r in body) == sorted(LOSSES)
+    header, *body = test[0]
+    for row in body:
+        folder = Path(camvid["runs"][row[0]]["output_dir"]) / "test_predictions" / "ensemble"
+        expected = _iou_by_hand([(folder / p.name, p) for p in sorted(labels.glob("*.png"))])
+        assert float(row[1]) == pytest.approx(100 * np.mean(expected), abs=0.006)
+        assert float(row[header.index("IoU sky (%)")]) == pytest.approx(100 * expected[0], abs=0.006)
+    md = (out / "report.md").read_text()
+    cv_name = next(n for n in tables if not n.startswith("iou_test_"))
+    test_name = next(n for n in tables if n.startswith("iou_test_"))
+    test_at = md.index("# Held-out test set (separate from cross-validation)")
+    assert md.index(f"tables/{cv_name}.csv") < test_at < md.index(f"tables/{test_name}.csv")
+    assert "predicted by ensemble" in md[test_at:]
