@@ -36,10 +36,12 @@ META_NAME = "autoseg_test.json"
 CHECKPOINT = "checkpoint_final.pth"
 ENSEMBLE = "ensemble"
 MODES = ("auto", "on", "off")
-# ``--test-set auto`` predicts on a CPU only up to this many test voxels (one channel, all test cases together).
-# CamVid's full test set (233 images of 480 x 360) is 40 M pixels; Cityscapes val at 512 x 512 (131 M) and the 12
-# Synapse test volumes (~460 M voxels) are above it: on a CPU they take hours, so they are predicted only on request.
-AUTO_MAX_VOXELS_CPU = 50_000_000
+# ``--test-set auto`` predicts on a CPU only up to this many voxel-passes: test voxels (one channel, all test cases)
+# times the networks run on each (the folds of the ensemble, plus each fold alone with per_fold). CamVid's shared
+# test subset (117 images of 480 x 360, 20 M pixels) after one fold is under it; with two folds or more, the full
+# CamVid test set (40 M), Cityscapes val at 512 x 512 (131 M pixels) and the 12 Synapse test volumes (~460 M voxels)
+# are above it: on a CPU those take hours (docs/evaluation.md has the seconds per image measured here).
+AUTO_MAX_VOXELS_CPU = 25_000_000
 
 
 class HeldOutError(ValueError):
@@ -116,11 +118,12 @@ class Decision:
     reason: str
 
 
-def decide(mode: str, test_set: TestSet | None, device_type: str) -> Decision:
+def decide(mode: str, test_set: TestSet | None, device_type: str, n_models: int = 1) -> Decision:
     """Whether ``plan_and_train --test-set MODE`` predicts the test set, and why (printed in the summary).
 
     ``on`` predicts whenever there are test images; ``auto`` only labelled test sets (unlabelled ones cannot be
-    scored) and, on a CPU, only up to :data:`AUTO_MAX_VOXELS_CPU` test voxels; ``off`` never.
+    scored) and, on a CPU, only up to :data:`AUTO_MAX_VOXELS_CPU` voxel-passes (test voxels times ``n_models``, the
+    networks run on each image); ``off`` never.
     """
     if mode not in MODES:
         raise HeldOutError(f"test-set mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -136,10 +139,12 @@ def decide(mode: str, test_set: TestSet | None, device_type: str) -> Decision:
     if device_type != "cpu":
         return Decision(True, f"{n} labelled test case(s), predicted on {device_type}")
     voxels = test_set.voxels()
-    if voxels <= AUTO_MAX_VOXELS_CPU:
-        return Decision(True, f"{n} labelled test case(s), {voxels / 1e6:.1f} M voxels: cheap enough on a CPU")
-    return Decision(False, f"{n} labelled test case(s), {voxels / 1e6:.0f} M voxels: above the {AUTO_MAX_VOXELS_CPU / 1e6:.0f} "
-                           "M-voxel limit of --test-set auto on a CPU; use --test-set on or `autoseg predict-test`")
+    passes = voxels * max(1, n_models)
+    what = f"{n} labelled test case(s), {voxels / 1e6:.1f} M voxels x {n_models} network(s)"
+    if passes <= AUTO_MAX_VOXELS_CPU:
+        return Decision(True, f"{what}: cheap enough on a CPU")
+    return Decision(False, f"{what}: above the {AUTO_MAX_VOXELS_CPU / 1e6:.0f} M voxel-passes of --test-set auto on "
+                           "a CPU; use --test-set on or `autoseg predict-test` (on a GPU)")
 
 
 def trained_folds(run_dir: Path) -> list[int]:
@@ -333,6 +338,22 @@ def read_prediction_meta(folder: Path) -> dict | None:
         return None
 
 
+def staleness(folder: Path, run_dir: Path, n_cv_folds: int | None = None) -> str:
+    """Why a prediction folder no longer stands for the trained models, or "" when it does: a fold was retrained
+    (its checkpoint changed) or, for the ensemble, folds were trained after it was predicted."""
+    meta = read_prediction_meta(folder) or {}
+    made = [int(f) for f in meta.get("folds", [])]
+    if Path(folder).name == ENSEMBLE:
+        trained = ensemble_folds(run_dir, n_cv_folds)
+        if made and made != trained:
+            return f"the ensemble was predicted with folds {made}, but folds {trained} are trained now"
+    for fold, stamp in (meta.get("checkpoints") or {}).items():
+        ckpt = Path(run_dir) / f"fold_{fold}" / CHECKPOINT
+        if not ckpt.is_file() or _stamp(ckpt) != stamp:
+            return f"fold {fold}'s {CHECKPOINT} changed after the test set was predicted"
+    return ""
+
+
 def prediction_folders(run_dir: Path) -> list[Path]:
     """The test prediction folders of a trainer folder that hold an ``autoseg_test.json``, ensemble first."""
     base = Path(run_dir) / TEST_DIR
@@ -363,13 +384,14 @@ def run_test_set(mode: str, raw_dataset_dir: Path, dataset_json: dict, run_dir: 
 
     device = torch.device(device) if not isinstance(device, torch.device) else device
     test_set = find_test_set(raw_dataset_dir, dataset_json)
-    decision = decide(mode, test_set, device.type)
+    n_cv = (dataset_json.get("autoseg") or {}).get("n_cv_folds")
+    n_folds = len(ensemble_folds(run_dir, n_cv))
+    decision = decide(mode, test_set, device.type, n_models=n_folds * (2 if per_fold else 1))
     out: dict[str, Any] = {"mode": mode, "predicted": decision.predict, "reason": decision.reason,
                            "n_cases": len(test_set.cases) if test_set else 0, "predictions": []}
     log(f"test set: {decision.reason}" + ("" if decision.predict else "; not predicted"))
     if not decision.predict:
         return out
-    n_cv = (dataset_json.get("autoseg") or {}).get("n_cv_folds")
     for pred in predict_test_set(run_dir, test_set, device, per_fold=per_fold, n_cv_folds=n_cv, log=log):
         scores = score_prediction(pred.folder, test_set, dataset_json)
         out["predictions"].append({**pred.as_dict(), "scores": scores.as_dict() if scores else None})

@@ -87,6 +87,7 @@ def _time_config(plans_file: Path, raw_dataset: Path, config: str, images: list[
         pred = nnUNetPredictor(use_mirroring=mirroring, perform_everything_on_device=False,
                                device=torch.device("cpu"), allow_tqdm=False)
         pred.manual_initialization(net, plans, cm, [net.state_dict()], dataset_json, "nnUNetTrainer", (0, 1))
+    out.mkdir(parents=True, exist_ok=True)
     seconds = []
     for img in images:
         t0 = time.perf_counter()

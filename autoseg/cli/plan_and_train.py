@@ -58,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--test-set", default="auto", choices=["auto", "on", "off"],
                    help="after training, predict the dataset's held-out test set (imagesTs) with the ensemble of the "
                         "trained folds (checkpoint_final.pth) and score it against labelsTs: auto = where it is cheap "
-                        "(a GPU, or at most 50 M test voxels on a CPU); on; off (default: auto)")
+                        "(a GPU, or on a CPU at most 25 M test voxels x folds in the ensemble); on; off "
+                        "(default: auto)")
     p.add_argument("--test-per-fold", action="store_true",
                    help="also predict and score the test set with each trained fold alone")
     p.add_argument("--limit-cases", type=int, default=None, help=argparse.SUPPRESS)  # tests: a few bundled cases

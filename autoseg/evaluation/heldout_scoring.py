@@ -88,8 +88,11 @@ def evaluate_test_sets(runs: Sequence[Run], rows: list[dict], say: Callable[[str
     pairs = find_test_runs(runs)
     for i, (test, template) in enumerate(pairs, 1):
         label = f"[test {i}/{len(pairs)}] {test.dataset} {test.configuration} {test.method} {test.fold}"
+        stale = _staleness(test, template)
         if test.status != "done":
             test.state = f"not evaluated: test prediction status {test.status} (rerun autoseg predict-test)"
+        elif stale:
+            test.state = f"not evaluated: {stale} (rerun autoseg predict-test)"
         else:
             try:
                 rows.extend(evaluate_test_run(test, template, preprocessed, raw, tolerance_for(test.dataset, tolerances),
@@ -100,3 +103,12 @@ def evaluate_test_sets(runs: Sequence[Run], rows: list[dict], say: Callable[[str
         say(f"{label}: {test.state}{counts}")
         out.append(test)
     return out
+
+
+
+def _staleness(test: Run, template: Run) -> str:
+    from autoseg.evaluation.runs import read_json
+    from autoseg.heldout import staleness
+
+    dataset_json = read_json(template.path.parent / "dataset.json") or {}
+    return staleness(test.path, template.path.parent, (dataset_json.get("autoseg") or {}).get("n_cv_folds"))

@@ -55,6 +55,9 @@ def test_decide_rule(tmp_path, monkeypatch):
     monkeypatch.setattr(heldout, "AUTO_MAX_VOXELS_CPU", 47)
     d = decide("auto", labelled, "cpu")
     assert not d.predict and "--test-set on" in d.reason
+    monkeypatch.setattr(heldout, "AUTO_MAX_VOXELS_CPU", 95)  # 48 voxels, each network one pass
+    assert decide("auto", labelled, "cpu", n_models=1).predict
+    assert not decide("auto", labelled, "cpu", n_models=2).predict  # an ensemble of two folds: 96
     assert decide("auto", labelled, "cuda").predict  # a GPU predicts whatever the size
     with pytest.raises(HeldOutError, match="auto, on, off"):
         decide("yes", labelled, "cpu")
@@ -98,3 +101,28 @@ def test_medical_scores_are_case_means_of_foreground_dice(tmp_path):
     assert s.metric == "dice" and s.aggregation == "per_case"
     assert s.per_class == pytest.approx({"car": 0.8, "road": 0.9})
     assert s.mean == pytest.approx(0.85) and s.left_out == ["background"]
+
+
+def test_a_prediction_made_by_other_checkpoints_is_stale(tmp_path):
+    import json
+    import os
+
+    from autoseg.heldout import staleness
+
+    for fold in (0, 1):
+        (tmp_path / f"fold_{fold}").mkdir()
+        (tmp_path / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"x")
+    ens = tmp_path / "test_predictions" / "ensemble"
+    ens.mkdir(parents=True)
+
+    def stamp(fold):
+        st = (tmp_path / f"fold_{fold}" / "checkpoint_final.pth").stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    (ens / "autoseg_test.json").write_text(json.dumps({"folds": [0], "checkpoints": {"0": stamp(0)}}))
+    assert "folds [0, 1] are trained now" in staleness(ens, tmp_path)  # fold 1 trained after the prediction
+    (ens / "autoseg_test.json").write_text(json.dumps({"folds": [0, 1], "checkpoints": {"0": stamp(0), "1": stamp(1)}}))
+    assert staleness(ens, tmp_path) == ""
+    ckpt = tmp_path / "fold_1" / "checkpoint_final.pth"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))  # fold 1 retrained
+    assert "fold 1's checkpoint_final.pth changed" in staleness(ens, tmp_path)
