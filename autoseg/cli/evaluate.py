@@ -58,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     ev = evaluate(args.results, args.out, args.preprocessed, args.raw, tolerances, args.distances,
                   workers=args.workers)
-    print(f"wrote {len(ev.rows)} row(s) to {ev.table_path} and the run list to {ev.runs_path}")
+    print(f"wrote {len(ev.rows)} row(s) to {ev.table_path}, the long table (task, case, algorithm, value) to "
+          f"{ev.long_path} and the run list to {ev.runs_path}")
     return 0

@@ -134,15 +134,10 @@ def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarra
 def headline_statistic(g: GroupAnalysis):
     """``stat(idx[n_boot, n_cases]) -> [n_boot, n_methods]``: the headline statistic on resampled cases."""
     if g.natural:
-        pooled = rk.pooled_iou_statistic(g.values["tp"], g.values["fp"], g.values["fn"])
-
-        def miou(idx: np.ndarray) -> np.ndarray:
-            per_class = pooled(idx)
-            ok = ~np.isnan(per_class)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(ok.any(-1), np.where(ok, per_class, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
-
-        return miou
+        # the classes in the reference of the resampled images, the same for every method (a resample without the
+        # rare class would otherwise compare one method's 0 for a stray pixel with another's "left out")
+        pooled = rk.pooled_iou_statistic(g.values["tp"], g.values["fp"], g.values["fn"], reference_classes=True)
+        return lambda idx: rk.nanmean_last(pooled(idx))
     mean = rk.mean_statistic(g.primary)
     return lambda idx: mean(idx)[..., 0]
 
@@ -158,7 +153,8 @@ def _headline(g: GroupAnalysis, n_boot: int, seed: int) -> Headline:
     if g.natural:
         sd, sd_kind = (boot.std(axis=0, ddof=1) if n_boot > 1 else np.full(len(g.methods), np.nan),
                        "bootstrap sd over images")
-        statistic, short = "mIoU over all classes, dataset-level (one confusion matrix over the images)", "mIoU"
+        statistic, short = ("mIoU over every class in the reference, class 0 included, dataset-level (one "
+                            "confusion matrix over the images)"), "mIoU"
     else:
         sd = np.nanstd(g.primary, axis=0, ddof=1) if n > 1 else np.full(len(g.methods), np.nan)
         sd_kind = "sd over cases"
@@ -353,7 +349,8 @@ def headline_json(g: GroupAnalysis) -> dict:
     out["statistic"] = h.statistic
     out["higher_is_better"] = True
     out["interval"] = "95% paired bootstrap percentile interval over cases"
-    out["ranking"] = [{"loss": m, "rank": float(h.ranks[j]), "value": _num(h.values[j]),
+    out["sd"] = h.sd_kind
+    out["ranking"] = [{"loss": m, "rank": float(h.ranks[j]), "value": _num(h.values[j]), "sd": _num(h.sd[j]),
                        "ci_low": _num(h.low[j]), "ci_high": _num(h.high[j]),
                        "rank_interval": [float(h.interval.low[j]), float(h.interval.high[j])]}
                       for j, m in enumerate(g.methods)]
@@ -380,7 +377,7 @@ def fold_table(rows: Sequence[dict], natural: bool) -> dict[str, dict[str, float
             tp = np.array([[float(r["tp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
             fp = np.array([[float(r["fp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
             fn = np.array([[float(r["fn"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
-            value = float(np.nanmean(pooled_iou(tp, fp, fn, axis=0)))
+            value = float(rk.miou_over_reference_classes(tp[:, None], fp[:, None], fn[:, None])[0])
         else:
             value = float(np.mean([np.nanmean([float(r["dice"]) for r in c]) for c in cases.values()]))
         out.setdefault(method, {})[fold] = value

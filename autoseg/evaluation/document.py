@@ -88,7 +88,7 @@ def render_markdown(doc: Doc, out: Path, title: str) -> Path:
     return path
 
 
-_NUMERIC = re.compile(r"^[-+\[]?[\d.]+(?:e[-+]?\d+)?(?: ± [\d.]+)?(?:, [-+]?[\d.]+\])?(?: [<>])?$")
+_NUMERIC = re.compile(r"^\[?[-+]?[\d.]+(?:e[-+]?\d+)?(?: ± [\d.]+)?(?:, [-+]?[\d.]+\])?(?: [<>])?$")
 _CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
         "th,td{border:1px solid #bbb;padding:3px 7px;text-align:left}th{background:#eee}td.n{text-align:right}"

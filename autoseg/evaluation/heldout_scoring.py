@@ -2,7 +2,8 @@
 :mod:`autoseg.heldout`) against ``labelsTs``: rows of the tidy table with ``split == "test"``.
 
 A test "run" has the identity of the trainer folder's cross-validation runs (dataset, configuration, loss, budget...)
-and, in the ``fold`` column, what predicted it: ``ensemble`` (the trained folds together) or ``fold_<N>``. The same
+and, in the ``fold`` column, what predicted it: ``ensemble`` (the trained folds together) or the fold number
+(from ``test_predictions/fold_<N>``). The same
 metrics, empty-structure policy and per-case cache as cross-validation apply.
 """
 
@@ -32,7 +33,8 @@ def find_test_runs(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
     for run_dir, template in sorted(templates.items()):
         for folder in prediction_folders(run_dir):
             meta = read_prediction_meta(folder) or {}
-            test = dataclasses.replace(template, path=folder, fold=folder.name, status=str(meta.get("status", "unknown")),
+            fold = folder.name.removeprefix("fold_")  # docs/evaluation.md: "ensemble", or a fold number
+            test = dataclasses.replace(template, path=folder, fold=fold, status=str(meta.get("status", "unknown")),
                                        state="", n_cases=0, n_computed=0)
             out.append((test, template))
     return out

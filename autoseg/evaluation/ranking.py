@@ -87,20 +87,45 @@ def mean_statistic(scores: np.ndarray, higher_is_better: Sequence[bool] | bool =
     return stat
 
 
-def pooled_iou_statistic(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray):
+def pooled_iou_statistic(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, reference_classes: bool = False):
     """A statistic for :func:`bootstrap_ranks`: the dataset-level IoU per class (one confusion matrix over the
-    resampled cases) of ``tp/fp/fn[n_cases, n_methods, n_classes]``."""
+    resampled cases) of ``tp/fp/fn[n_cases, n_methods, n_classes]``.
+
+    ``reference_classes``: a class with no reference pixel in the resample is NaN for every method (left out of a
+    mean), so that all methods are compared over the same classes; otherwise only a class that no reference and no
+    prediction of that method touches is NaN (Cityscapes' per-class convention).
+    """
     tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=float)) for x in (tp, fp, fn))
     n, m, k = tp.shape
-    t_flat, d_flat = tp.reshape(n, -1), (tp + fp + fn).reshape(n, -1)
+    t_flat, d_flat, r_flat = tp.reshape(n, -1), (tp + fp + fn).reshape(n, -1), (tp + fn).reshape(n, -1)
 
     def stat(idx: np.ndarray) -> np.ndarray:
         counts = _resample_counts(idx, n)
         t, den = counts @ t_flat, counts @ d_flat
+        keep = (counts @ r_flat > 0) if reference_classes else den > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, t / np.where(den > 0, den, 1), np.nan).reshape(-1, m, k)
+            return np.where(keep, t / np.where(den > 0, den, 1), np.nan).reshape(-1, m, k)
 
     return stat
+
+
+def miou_over_reference_classes(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """The headline mIoU of natural images, ``tp/fp/fn[n_cases, n_methods, n_classes]`` -> ``[n_methods]``: the
+    mean over the classes present in the reference of the cases of their dataset-level IoU (one confusion matrix).
+
+    Every method is averaged over the same classes: a class no reference contains is left out even where a method
+    predicts it (its per-class IoU, 0, still shows in the per-class table). When every class occurs in the reference,
+    as in CamVid's and Cityscapes' evaluation sets, this is exactly Cityscapes' mIoU.
+    """
+    per_class = pooled_iou_statistic(tp, fp, fn, reference_classes=True)(np.arange(np.asarray(tp).shape[0])[None])
+    return nanmean_last(per_class)[0]
+
+
+def nanmean_last(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis leaving NaN out (NaN where all are), without numpy's empty-slice warning."""
+    ok = ~np.isnan(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok.any(-1), np.where(ok, x, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
 
 
 def bootstrap_indices(n_cases: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:

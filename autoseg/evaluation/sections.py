@@ -422,7 +422,9 @@ def significance_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: st
     what = "per-image IoU (classes present)" if g.natural else "per-case DSC"
     doc.p(f"Friedman over the {f.n_blocks} paired case(s) on the {what}: chi2 = {f.statistic:.3f}, "
           f"p = {f.pvalue:.3g}; Iman-Davenport F = {f.f_statistic:.3f}, p = {f.f_pvalue:.3g}; Nemenyi critical "
-          f"difference {g.cd:.3f} at alpha {ctx.alpha}.")
+          f"difference {g.cd:.3f} at alpha {ctx.alpha}."
+          + (" Ranks per image are a secondary view: they can disagree with the dataset-level mIoU, which the "
+             "headline and the paired tests above use." if g.natural else ""))
     _cd_figure(doc, f"cd_cases_{tag}", g.methods, f, g.cd, ctx.alpha,
                f"average rank over {f.n_blocks} cases ({g.primary_name})",
                "Critical-difference diagram over cases (bars join losses not significantly different)")

@@ -206,9 +206,12 @@ def paired_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, i: i
     are exchangeable: each pattern swaps the confusion counts of i and j on some images, rebuilds both confusion
     matrices and takes the mIoU difference. ``p = (number of patterns with |d| >= |d_observed|) / patterns``; with
     at most ``n_perm`` patterns in all (``2^n_images``) every one is used and p is exact, otherwise the identity plus
-    ``n_perm`` random patterns. Returns ``(d_observed, p)``, d = mIoU_i - mIoU_j.
+    ``n_perm`` random patterns. Returns ``(d_observed, p)``, d = mIoU_i - mIoU_j. The mIoU is over the classes
+    present in the reference (swaps do not change the reference, so every pattern uses the same classes).
     """
     tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=float)) for x in (tp, fp, fn))
+    in_reference = (tp[:, i] + fn[:, i]).sum(axis=0) > 0
+    tp, fp, fn = tp[..., in_reference], fp[..., in_reference], fn[..., in_reference]
     n = tp.shape[0]
     s, _ = _sign_patterns(n, n_perm, seed)  # [P, n]
     den = tp + fp + fn
@@ -262,6 +265,9 @@ def pairwise_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, al
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Central ``level`` percentile interval of bootstrap samples along ``axis`` (NaN samples left out)."""
+    import warnings
+
     q = (1 - level) / 2 * 100
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a loss without any finite resample gets NaN bounds, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         return (np.nanpercentile(samples, q, axis=axis), np.nanpercentile(samples, 100 - q, axis=axis))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.evaluation.runs import Run
+from autoseg.evaluation.runs import Run, read_json
 
 _LOG_LINE = re.compile(r"^(?P<stamp>\S+ \S+): (?P<msg>.*?)\s*$")
 _NP_SCALAR = re.compile(r"np\.(?:float|int)\d*\(([^)]*)\)")
@@ -99,25 +99,34 @@ class RunCost:
 
 
 def run_cost(run: Run) -> RunCost:
-    """Cost of a run from autoseg.json (``seconds``, ``device``, ``budget.epochs``) and nnU-Net's training log
-    (epochs logged, "Epoch time" lines, first and last time stamps). autoseg.json wins where both say something."""
-    meta = run.meta or {}
+    """Cost of a run from its record (``autoseg.json``: ``wall_seconds`` or the older ``seconds``, ``device``,
+    ``epochs_completed``, ``budget.epochs``) and nnU-Net's training log (epochs logged, "Epoch time" lines, first and
+    last time stamps). The record wins where both say something."""
+    meta = run.meta or read_json(run.path / "autoseg.json") or {}
     log = parse_training_log(list(run.path.glob("training_log_*.txt")))
     sources = []
-    wall = meta.get("seconds")
-    if isinstance(wall, (int, float)):
+    wall = meta.get("wall_seconds", meta.get("seconds"))
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool):
         sources.append("autoseg.json")
     else:
         wall = None
         if log["start"]:
             wall = log["end"][0] - log["start"][0]
             sources.append("training log")
-    completed = sum(1 for t in log["train_loss"] if not np.isnan(t)) if log["epoch"] else None
-    if completed is not None and "training log" not in sources:
-        sources.append("training log")
-    planned = (run.budget_detail or {}).get("epochs")
+    completed = meta.get("epochs_completed")
+    if isinstance(completed, int) and not isinstance(completed, bool):
+        if "autoseg.json" not in sources:
+            sources.append("autoseg.json")
+    else:
+        completed = sum(1 for t in log["train_loss"] if not np.isnan(t)) if log["epoch"] else None
+        if completed is not None and "training log" not in sources:
+            sources.append("training log")
+    budget = run.budget_detail or (meta.get("budget") if isinstance(meta.get("budget"), dict) else {}) or {}
+    planned = budget.get("epochs")
     planned = int(planned) if isinstance(planned, (int, float)) else None
     times = [t for t in log["epoch_time"] if not np.isnan(t)]
+    if times and "training log" not in sources:
+        sources.append("training log")
     per_epoch = float(np.mean(times)) if times else (wall / completed if wall and completed else None)
     device = meta.get("device")
     return RunCost(float(wall) if wall is not None else None, completed, planned,

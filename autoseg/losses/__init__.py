@@ -12,8 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
-
+from autoseg.losses.base import RegionLoss, SegmentationLoss
 from autoseg.losses.registry import (
     CATEGORIES,
     LossInfo,
@@ -25,8 +24,8 @@ from autoseg.losses.registry import (
 )
 
 __all__ = [
-    "CATEGORIES", "LossInfo", "UnknownLossError", "build_loss", "get_loss_info", "list_losses",
-    "parse_loss_spec", "register_loss",
+    "CATEGORIES", "LossInfo", "RegionLoss", "SegmentationLoss", "UnknownLossError", "build_loss", "get_loss_info",
+    "list_losses", "parse_loss_spec", "register_loss",
 ]
 
 _TERM = re.compile(r"^\s*(?:(?P<w>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[a-z][a-z0-9_]*)\s*$")
@@ -56,7 +55,7 @@ def _accepted(info: LossInfo) -> set[str]:
     return {k for k in inspect.signature(info.cls.__init__).parameters if k != "self"}
 
 
-def build_loss(name: str, context: Mapping[str, Any] | None = None, **hyper_parameters: Any) -> nn.Module:
+def build_loss(name: str, context: Mapping[str, Any] | None = None, **hyper_parameters: Any) -> SegmentationLoss:
     """Build the loss module registered as ``name`` (or a compound ``"a+b"``).
 
     Args:

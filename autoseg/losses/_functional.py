@@ -119,6 +119,12 @@ def safe_pow(x: torch.Tensor, exponent: float, eps: float = 1e-6) -> torch.Tenso
     Below ``eps`` the power is replaced by the straight line from 0 to ``eps ** exponent`` (continuous,
     0 at 0), so a perfect prediction still scores exactly 0 but back-propagation never meets the
     infinite slope of ``x ** 0.3`` at 0. For ``exponent >= 1`` this is the plain power.
+
+    The price is the value below ``eps``: the largest change, at ``x = a ** (1 / (1 - a)) * eps``, is
+    ``(1 - a) a^(a / (1 - a)) eps^a`` for exponent ``a``: 6.6e-3 at a = 0.3, 2.5e-4 at 0.5, 3.3e-6 at
+    0.75 (tested in tests/losses/test_losses_values.py). Multiplied by ``-log p < 1e-6`` in the focal
+    loss it is below 1e-8 there; in a power of a whole term (exp_log, focal Tversky, unified focal) it
+    is not.
     """
     x = x.clamp_min(0)
     if exponent >= 1:

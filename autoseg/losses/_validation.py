@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import torch
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -11,6 +16,40 @@ def check_reduction(reduction: str) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     return reduction
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A flag: ``True``/``False`` (numpy booleans from a plans file too); a string ``"False"`` is a mistake."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_ignore_index(ignore_index: Any) -> int | None:
+    """``None`` or an integer label (numpy integers from a plans file included)."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer label or None, got {ignore_index!r}")
+    return int(ignore_index)
+
+
+def check_extras(loss: str, declared: tuple[str, ...], extras: Mapping[str, Any], logits: torch.Tensor) -> None:
+    """Check the extra inputs handed to a loss: declared by it, tensors, at the logits' batch and spatial size."""
+    unknown = sorted(set(extras) - set(declared))
+    if unknown:
+        said = f"declares {list(declared)}" if declared else "takes no extra inputs"
+        raise TypeError(f"{loss} {said}, got extra inputs {unknown}")
+    for name, value in extras.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"extra input {name!r} of {loss} must be a torch.Tensor, got {type(value).__name__}")
+        # Batch and spatial size must be the logits' (a map of another deep-supervision scale is the
+        # usual mistake); the channel count is the loss's business (per class, as the interface says).
+        if value.ndim != logits.ndim or value.shape[0] != logits.shape[0] or value.shape[2:] != logits.shape[2:]:
+            raise ValueError(
+                f"extra input {name!r} of {loss} must be [B, C, *spatial] at the logits' scale "
+                f"{tuple(logits.shape)}, got {tuple(value.shape)}"
+            )
 
 
 def check_probability(name: str, value: float, *, low_open: bool = False, high_open: bool = False) -> float:

@@ -14,9 +14,16 @@ from autoseg.losses._functional import (
     reduce,
     valid_mask,
 )
-from autoseg.losses._validation import check_logits_target, check_positive, check_probability, check_reduction
+from autoseg.losses._validation import (
+    check_extras,
+    check_logits_target,
+    check_positive,
+    check_probability,
+    check_reduction,
+)
+from autoseg.losses.base import RegionLoss, SegmentationLoss
 from autoseg.losses.pixel.ce import CrossEntropyLoss
-from autoseg.losses.region.dice import DiceLoss, _RegionLoss, soft_dice_per_class
+from autoseg.losses.region.dice import DiceLoss, soft_dice_per_class
 from autoseg.losses.registry import register_loss
 
 
@@ -70,13 +77,14 @@ def combo_loss(
 
 @register_loss("combo", category="combination", function=combo_loss,
                citation="Taghanaki et al. Combo loss. Comput Med Imaging Graph 2019 (arXiv:1805.02798)")
-class ComboLoss(_RegionLoss):
+class ComboLoss(RegionLoss):
     """Combo loss: alpha * beta-weighted cross-entropy + (1 - alpha) * soft Dice loss."""
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, include_background: bool = False,
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, *, include_background: bool = False,
                  batch: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.alpha = check_probability("alpha", alpha)
         self.beta = check_probability("beta", beta)
 
@@ -84,34 +92,57 @@ class ComboLoss(_RegionLoss):
         return combo_loss(logits, target, self.alpha, self.beta, **self.region_kwargs())
 
 
-class CompoundLoss(nn.Module):
-    """Weighted sum of registered losses, ``sum_i w_i * L_i(logits, target)``."""
+class CompoundLoss(SegmentationLoss):
+    """Weighted sum of registered losses, ``sum_i w_i * L_i(logits, target, **extras_i)``.
+
+    Its ``extra_inputs`` are the union of its components' (an instance attribute: the components are
+    known only once it is built); each component gets only the extras it declares. The epoch hook
+    reaches every component. A compound has no ``ignore_index`` or ``reduction`` of its own: each
+    component was built with its own.
+    """
 
     def __init__(self, components: Sequence[tuple[str, nn.Module]], weights: Sequence[float]):
-        super().__init__()
+        # nn.Module's constructor, not SegmentationLoss's: the shared arguments live in the components.
+        nn.Module.__init__(self)
         if len(components) != len(weights):
             raise ValueError(f"got {len(components)} losses but {len(weights)} weights")
         if not components:
             raise ValueError("a compound loss needs at least one component")
+        for n, m in components:
+            if not isinstance(m, SegmentationLoss):
+                raise TypeError(f"component {n!r} must be a SegmentationLoss, got {type(m).__name__}")
         self.names = [n for n, _ in components]
         self.weights = [check_positive(f"weight of {n!r}", w, allow_zero=True) for n, w in zip(self.names, weights)]
         if not any(self.weights):
             raise ValueError("at least one compound weight must be > 0")
         self.components = nn.ModuleList([m for _, m in components])
+        # Instance attributes: they depend on the components (the class attributes stay the base's).
+        self.extra_inputs = tuple(dict.fromkeys(x for m in self.components for x in m.extra_inputs))
+        self.learnable = any(m.learnable for m in self.components)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+        if extras:
+            check_extras(f"compound {'+'.join(self.names)!r}", self.extra_inputs, extras, logits)
         total: Any = 0
         for w, loss in zip(self.weights, self.components):
             if w:
-                total = total + w * loss(logits, target)
+                own = {k: v for k, v in extras.items() if k in loss.extra_inputs}
+                total = total + w * loss(logits, target, **own)
         return total
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        for loss in self.components:
+            loss.on_epoch_start(epoch, num_epochs)
+
+    def extra_repr(self) -> str:
+        return f"weights={dict(zip(self.names, self.weights))}"
 
 
 def _dice_ce(logits: torch.Tensor, target: torch.Tensor, weight_dice: float = 1.0, weight_ce: float = 1.0,
              ignore_index: int | None = None, include_background: bool = False, batch: bool = False,
              smooth: float = 1e-5, reduction: str = "mean") -> torch.Tensor:
-    return DiceCELoss(weight_dice, weight_ce, include_background, batch, smooth, ignore_index,
-                      reduction)(logits, target)
+    return DiceCELoss(weight_dice, weight_ce, include_background=include_background, batch=batch, smooth=smooth,
+                      ignore_index=ignore_index, reduction=reduction)(logits, target)
 
 
 @register_loss("dice_ce", category="combination", function=_dice_ce,
@@ -119,12 +150,13 @@ def _dice_ce(logits: torch.Tensor, target: torch.Tensor, weight_dice: float = 1.
 class DiceCELoss(CompoundLoss):
     """nnU-Net's default: soft Dice (background excluded, batch Dice as planned) + cross-entropy, 1 : 1."""
 
-    def __init__(self, weight_dice: float = 1.0, weight_ce: float = 1.0, include_background: bool = False,
+    def __init__(self, weight_dice: float = 1.0, weight_ce: float = 1.0, *, include_background: bool = False,
                  batch: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
                  reduction: str = "mean"):
         super().__init__(
-            [("dice", DiceLoss(include_background, batch, smooth, ignore_index, reduction)),
-             ("ce", CrossEntropyLoss(None, ignore_index, reduction))],
+            [("dice", DiceLoss(include_background=include_background, batch=batch, smooth=smooth,
+                               ignore_index=ignore_index, reduction=reduction)),
+             ("ce", CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction))],
             [weight_dice, weight_ce],
         )
 
@@ -145,8 +177,8 @@ def _dice_topk(logits: torch.Tensor, target: torch.Tensor, weight_dice: float = 
         >>> float(dice_topk_loss(logits, torch.tensor([[[0, 1]]]), k=50)) < 1e-3
         True
     """
-    return DiceTopKLoss(weight_dice, weight_topk, k, include_background, batch, smooth, ignore_index,
-                        reduction)(logits, target)
+    return DiceTopKLoss(weight_dice, weight_topk, k, include_background=include_background, batch=batch,
+                        smooth=smooth, ignore_index=ignore_index, reduction=reduction)(logits, target)
 
 
 @register_loss("dice_topk", category="combination", function=_dice_topk,
@@ -155,14 +187,15 @@ def _dice_topk(logits: torch.Tensor, target: torch.Tensor, weight_dice: float = 
 class DiceTopKLoss(CompoundLoss):
     """Soft Dice + TopK cross-entropy, 1 : 1 (nnU-Net's DC_and_topk_loss)."""
 
-    def __init__(self, weight_dice: float = 1.0, weight_topk: float = 1.0, k: float = 10,
+    def __init__(self, weight_dice: float = 1.0, weight_topk: float = 1.0, k: float = 10, *,
                  include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
         from autoseg.losses.pixel.topk import TopKLoss
 
         super().__init__(
-            [("dice", DiceLoss(include_background, batch, smooth, ignore_index, reduction)),
-             ("topk", TopKLoss(k, ignore_index, reduction))],
+            [("dice", DiceLoss(include_background=include_background, batch=batch, smooth=smooth,
+                               ignore_index=ignore_index, reduction=reduction)),
+             ("topk", TopKLoss(k=k, ignore_index=ignore_index, reduction=reduction))],
             [weight_dice, weight_topk],
         )
 
@@ -180,8 +213,8 @@ def _dice_focal(logits: torch.Tensor, target: torch.Tensor, weight_dice: float =
         >>> float(dice_focal_loss(logits, torch.tensor([[[0, 1]]]))) < 1e-3
         True
     """
-    return DiceFocalLoss(weight_dice, weight_focal, gamma, alpha, include_background, batch, smooth, ignore_index,
-                         reduction)(logits, target)
+    return DiceFocalLoss(weight_dice, weight_focal, gamma, alpha, include_background=include_background, batch=batch,
+                         smooth=smooth, ignore_index=ignore_index, reduction=reduction)(logits, target)
 
 
 @register_loss("dice_focal", category="combination", function=_dice_focal,
@@ -190,13 +223,14 @@ class DiceFocalLoss(CompoundLoss):
     """Soft Dice + focal loss, 1 : 1."""
 
     def __init__(self, weight_dice: float = 1.0, weight_focal: float = 1.0, gamma: float = 2.0, alpha: Any = None,
-                 include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+                 *, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
         from autoseg.losses.pixel.focal import FocalLoss
 
         super().__init__(
-            [("dice", DiceLoss(include_background, batch, smooth, ignore_index, reduction)),
-             ("focal", FocalLoss(gamma, alpha, ignore_index, reduction))],
+            [("dice", DiceLoss(include_background=include_background, batch=batch, smooth=smooth,
+                               ignore_index=ignore_index, reduction=reduction)),
+             ("focal", FocalLoss(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction))],
             [weight_dice, weight_focal],
         )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,11 @@ class LossInfo:
 
 _REGISTRY: dict[str, LossInfo] = {}
 
+# The packages whose modules are loss modules: every public module in them must register a loss.
+LOSS_PACKAGES = tuple(f"autoseg.losses.{c}" for c in CATEGORIES)
+# Modules outside the category packages that also register losses (the weighted sums).
+LOSS_MODULES = ("autoseg.losses.compound",)
+
 
 def register_loss(
     name: str,
@@ -54,18 +61,32 @@ def register_loss(
     category: str,
     citation: str,
     function: Callable[..., Any] | None = None,
-    extra_inputs: tuple[str, ...] = (),
-    learnable: bool = False,
+    extra_inputs: tuple[str, ...] | None = None,
+    learnable: bool | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator that registers an ``nn.Module`` loss under ``name``."""
+    """Class decorator that registers a :class:`~autoseg.losses.base.SegmentationLoss` under ``name``.
+
+    ``extra_inputs`` and ``learnable`` are read from the class's attributes of the same names. The
+    decorator arguments of the same names are kept for older code: given, they set the class
+    attribute (and must not contradict a value the class states itself).
+    """
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
     if not name.isidentifier() or name.lower() != name:
         raise ValueError(f"loss names are snake_case identifiers, got {name!r}")
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        from autoseg.losses.base import SegmentationLoss
+
+        if not (isinstance(cls, type) and issubclass(cls, SegmentationLoss)):
+            raise TypeError(f"loss {name!r}: {cls!r} must subclass autoseg.losses.base.SegmentationLoss")
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"a loss named {name!r} is already registered ({_REGISTRY[name].cls.__name__})")
+        _apply_legacy_argument(cls, "extra_inputs", None if extra_inputs is None else tuple(extra_inputs))
+        _apply_legacy_argument(cls, "learnable", learnable)
+        declared = cls.extra_inputs
+        if not isinstance(declared, tuple) or not all(isinstance(x, str) and x.isidentifier() for x in declared):
+            raise TypeError(f"{cls.__name__}.extra_inputs must be a tuple of identifiers, got {declared!r}")
         doc = inspect.getdoc(cls) or ""
         _REGISTRY[name] = LossInfo(
             name=name,
@@ -75,13 +96,22 @@ def register_loss(
             citation=citation,
             summary=doc.splitlines()[0] if doc else "",
             hyper_parameters=_defaults(cls),
-            extra_inputs=tuple(extra_inputs),
-            learnable=learnable,
+            extra_inputs=tuple(declared),
+            learnable=bool(cls.learnable),
         )
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
 
     return decorator
+
+
+def _apply_legacy_argument(cls: type, attr: str, value: Any) -> None:
+    if value is None:
+        return
+    own = cls.__dict__.get(attr)
+    if own is not None and own != value:
+        raise ValueError(f"{cls.__name__}.{attr} = {own!r} but register_loss was given {attr}={value!r}")
+    setattr(cls, attr, value)
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -94,9 +124,42 @@ def _defaults(cls: type) -> dict[str, Any]:
     }
 
 
+def loss_modules() -> list[str]:
+    """Names of every module that defines losses: the public modules of the category packages, and compound.
+
+    A module or package whose name starts with ``_`` is a private helper and is skipped.
+    """
+    names = list(LOSS_MODULES)
+    for package_name in LOSS_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
+            if not any(part.startswith("_") for part in info.name.split(".")[len(package_name.split(".")):]):
+                if not info.ispkg:
+                    names.append(info.name)
+    return sorted(names)
+
+
+def modules_without_losses() -> list[str]:
+    """Loss modules (see :func:`loss_modules`) in which no registered loss class is defined.
+
+    A test asserts this is empty, so a loss module whose ``@register_loss`` was forgotten fails.
+    """
+    _ensure_loaded()
+    defining = {info.cls.__module__ for info in _REGISTRY.values()}
+    return [m for m in loss_modules() if m not in defining]
+
+
+_LOADED = False
+
+
 def _ensure_loaded() -> None:
-    # Importing the catalogue modules runs their decorators.
-    from autoseg.losses import catalogue  # noqa: F401
+    # Importing every loss module runs its decorators: a new loss is one new file, nothing to list.
+    global _LOADED
+    if _LOADED:
+        return
+    for module in loss_modules():
+        importlib.import_module(module)
+    _LOADED = True
 
 
 def list_losses(pattern: str = "*", category: str | None = None) -> list[str]:

@@ -12,9 +12,8 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch import nn
 
-from autoseg.losses import build_loss
+from autoseg.losses import SegmentationLoss, build_loss
 
 # Keys of a configuration's "autoseg" block in the plans file that set the training schedule.
 BUDGET_KEYS = {
@@ -50,12 +49,12 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             if key in block.get("budget", {}):
                 value = block["budget"][key]
                 setattr(self, attr, type(getattr(self, attr))(value))
-        self.autoseg_loss: nn.Module | None = None
+        self.autoseg_loss: SegmentationLoss | None = None
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
 
     # ---------------------------------------------------------------- loss
-    def build_autoseg_loss(self) -> nn.Module:
+    def build_autoseg_loss(self) -> SegmentationLoss:
         """The registry loss with the dataset's settings: ignore label, batch Dice, natural-image classes."""
         if self.label_manager.has_regions:
             raise NotImplementedError(
@@ -115,6 +114,9 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
 
     def on_epoch_start(self):
         self._epoch_started = time.time()
+        if self.autoseg_loss is not None:
+            # Losses with a schedule (Kervadec's boundary-loss weight) follow the epoch; compounds pass it on.
+            self.autoseg_loss.on_epoch_start(self.current_epoch, self.num_epochs)
         super().on_epoch_start()
 
     def on_epoch_end(self):

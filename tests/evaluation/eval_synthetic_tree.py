@@ -98,7 +98,8 @@ def build_tree(root: Path, cases_per_fold=(10, 4), methods=("good", "twin_a", "t
                     "configuration": "3d_fullres", "architecture": "cnn",
                     "budget": {"name": "quick", "epochs": 2, "iterations_per_epoch": 3},
                     "dataset": DATASET, "fold": fold, "seed": 0,
-                    "status": "failed" if method in failed else "done", "natural_image": natural}
+                    "status": "failed" if method in failed else "done", "natural_image": natural,
+                    "device": "cpu", "seconds": 12.0 + fold}
             (fold_dir / "autoseg.json").write_text(json.dumps(meta))
             if method in failed:
                 continue
@@ -113,7 +114,7 @@ def build_tree(root: Path, cases_per_fold=(10, 4), methods=("good", "twin_a", "t
     return {"results": results, "preprocessed": pre, "raw": raw, "cases": case_ids}
 
 
-def training_log(method: str, epochs: int = 3) -> str:
+def training_log(method: str, epochs: int = 2) -> str:
     """nnU-Net's log lines for a few epochs (NumPy 2 prints the pseudo Dice as np.float32(...))."""
     quality = {"good": 0.9, "twin_a": 0.6, "twin_b": 0.6, "bad": 0.2}.get(method, 0.5)
     lines = ["", "2026-01-01 00:00:00.000001: Unable to plot network architecture: "]
@@ -122,5 +123,73 @@ def training_log(method: str, epochs: int = 3) -> str:
         lines += [f"2026-01-01 00:00:0{e}.000001: Epoch {e} ",
                   f"2026-01-01 00:00:0{e}.000002: train_loss {-d:.4f} ",
                   f"2026-01-01 00:00:0{e}.000003: val_loss {-d + 0.05:.4f} ",
-                  f"2026-01-01 00:00:0{e}.000004: Pseudo dice [np.float32({d:.4f}), np.float32({d / 2:.4f})] "]
+                  f"2026-01-01 00:00:0{e}.000004: Pseudo dice [np.float32({d:.4f}), np.float32({d / 2:.4f})] ",
+                  f"2026-01-01 00:00:0{e}.000005: Epoch time: 1.5 s "]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ the issue's A-versus-B example
+# 30 street-scene-like images stored as nnU-Net stores 2D data: 1 x H x W with the dummy spacing 999 on axis 0.
+AB_DATASET = "Dataset998_StreetAB"
+AB_SHAPE = (1, 40, 40)
+AB_SPACING = (999.0, 1.0, 1.0)
+AB_CLASS_NAMES = {"0": "sky", "1": "road", "2": "car", "3": "sign"}
+AB_SIGN_IMAGES = (0, 10, 20)
+
+
+def ab_reference(i: int) -> np.ndarray:
+    """Sky above road; a car in every other image; a sign in three images only."""
+    ref = np.zeros(AB_SHAPE, np.uint8)
+    ref[0, 20:] = 1
+    if i % 2 == 0:
+        c = 5 + i % 10
+        ref[0, 24:32, c:c + 8] = 2
+    if i in AB_SIGN_IMAGES:
+        ref[0, 5:12, 20:27] = 3
+    return ref
+
+
+def ab_predict_a(ref: np.ndarray, i: int) -> np.ndarray:
+    """Method A: exact, plus one stray 'sign' pixel in every image that has no sign. Its dataset-level mIoU is high
+    (27 stray pixels against 147 sign pixels); per image, the absent class it touches scores IoU 0."""
+    out = ref.copy()
+    if i not in AB_SIGN_IMAGES:
+        out[0, 2, 2] = 3
+    return out
+
+
+def ab_predict_b(ref: np.ndarray, i: int) -> np.ndarray:
+    """Method B: no stray pixels, but every boundary is off: the horizon two rows low, the car cut short by two
+    columns (one in every sixth image), the sign by one. Dataset-level mIoU 86.1 % against A's 96.1 %."""
+    out = ref.copy()
+    out[0, 20:22][out[0, 20:22] == 1] = 0
+    for label, cut in ((2, 1 if i % 6 == 0 else 2), (3, 1)):
+        cols = np.flatnonzero((ref[0] == label).any(axis=0))
+        if cols.size:
+            rows = np.flatnonzero((ref[0] == label).any(axis=1))
+            out[0, rows[0]:rows[-1] + 1, cols[-cut]:cols[-1] + 1] = 1 if label == 2 else 0
+    return out
+
+
+def build_ab_tree(root: Path, n_images: int = 30, folds: int = 3) -> dict:
+    """A converted natural-image dataset (flag and class names in dataset.json's autoseg block, label 0 called
+    "background" as nnU-Net requires) with two losses, ``A`` and ``B``, over ``folds`` folds; no autoseg.json in the
+    fold folders (plain nnU-Net runs: the flag must come from dataset.json)."""
+    results, pre = root / "results", root / "preprocessed"
+    dataset_json = {"labels": {"background": 0, "road": 1, "car": 2, "sign": 3}, "file_ending": ".nii.gz",
+                    "numTraining": n_images, "channel_names": {"0": "R", "1": "G", "2": "B"},
+                    "autoseg": {"natural_image": True, "class_names": AB_CLASS_NAMES,
+                                "evaluated_classes": [0, 1, 2, 3], "aggregation": "dataset_confusion_matrix"}}
+    (pre / AB_DATASET).mkdir(parents=True, exist_ok=True)
+    (pre / AB_DATASET / "dataset.json").write_text(json.dumps(dataset_json))
+    for i in range(n_images):
+        write_seg(pre / AB_DATASET / "gt_segmentations" / f"street_{i:03d}.nii.gz", ab_reference(i), AB_SPACING)
+    for method, predict in (("A", ab_predict_a), ("B", ab_predict_b)):
+        base = results / AB_DATASET / f"nnUNetTrainer_autoseg_{method}__nnUNetPlans__2d"
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "dataset.json").write_text(json.dumps(dataset_json))
+        for i in range(n_images):
+            fold_dir = base / f"fold_{i % folds}"
+            write_seg(fold_dir / "validation" / f"street_{i:03d}.nii.gz", predict(ab_reference(i), i), AB_SPACING)
+            (fold_dir / "checkpoint_final.pth").write_bytes(b"")
+    return {"results": results, "preprocessed": pre}

@@ -195,3 +195,24 @@ def test_nsd_of_shifted_disks_matches_the_arc_length_fraction(tau):
     distance = np.abs(np.sqrt(radius ** 2 - 2 * radius * e * np.cos(theta) + e ** 2) - radius)
     expected = float((distance <= tau).mean())
     assert case_metrics(b, a, [1], spacing, tolerance_mm=tau)[0]["nsd"] == pytest.approx(expected, abs=0.03)
+
+
+def test_2d_image_stored_as_1xHxW_with_dummy_spacing_999():
+    # nnU-Net stores a 2D image as 1 x H x W and gives the dummy axis a spacing of 999
+    h, w, sp = 20, 30, (0.5, 0.5)
+    ref2d = ball((h, w), sp, 3.0)
+    pred2d = np.roll(ref2d, 3, axis=1)
+    ref, pred = ref2d[None], pred2d[None]
+    dummy = (999.0,) + sp
+    in_plane = math.hypot(h * sp[0], w * sp[1])  # 18.03 mm, where the dummy axis would give ~999
+    missed = case_metrics(np.zeros_like(ref), ref, [1], dummy)[0]
+    assert missed["hd95"] == pytest.approx(in_plane)
+    false_positive = case_metrics(ref, np.zeros_like(ref), [1], dummy)[0]
+    assert false_positive["hd95"] == pytest.approx(in_plane) and false_positive["nsd"] == 0.0
+    assert image_diagonal(ref.shape, dummy) == pytest.approx(in_plane)
+    # a real comparison: the same HD95 and NSD as the 2D image, and the independent scipy HD95 in the plane
+    flat = case_metrics(pred2d, ref2d, [1], sp, tolerance_mm=1.0)[0]
+    stored = case_metrics(pred, ref, [1], dummy, tolerance_mm=1.0)[0]
+    assert stored["hd95"] == pytest.approx(flat["hd95"]) and stored["nsd"] == pytest.approx(flat["nsd"])
+    assert stored["hd95"] == pytest.approx(scipy_hd95(pred2d, ref2d, sp), rel=1e-5)
+    assert stored["hd95"] == pytest.approx(1.5)  # shifted by 3 columns of 0.5 mm

@@ -191,3 +191,143 @@ def test_different_validation_cases_in_a_fold_are_flagged(tmp_path):
     build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=10, progress=None)
     md = (tmp_path / "r" / "report.md").read_text()
     assert "WARNING: the validation cases of fold 0 differ between losses (bad lacks 1: toy_001)" in md
+
+
+def _case_means(rows, method, fold=None):
+    """Per-case mean Dice over the classes of a method (optionally one fold), from the tidy rows."""
+    by_case = {}
+    for r in rows:
+        if r["method"] == method and (fold is None or r["fold"] == fold):
+            by_case.setdefault(r["case"], []).append(r["dice"])
+    return {c: float(np.mean(v)) for c, v in by_case.items()}
+
+
+def test_per_fold_table_by_hand(report):
+    res, out = report
+    folds = {r["loss"]: r for r in _csv(next((out / "tables").glob("folds_*.csv")))}
+    rows = res.evaluation.rows
+    f0 = np.mean(list(_case_means(rows, "twin_a", "0").values()))
+    f1 = np.mean(list(_case_means(rows, "twin_a", "1").values()))
+    assert folds["twin_a"]["fold 0 (%)"] == f"{f0 * 100:.2f}" and folds["twin_a"]["fold 1 (%)"] == f"{f1 * 100:.2f}"
+    assert folds["twin_a"]["mean over folds (%)"] == f"{(f0 + f1) / 2 * 100:.2f}"
+    assert folds["twin_a"]["sd over folds (%)"] == f"{np.std([f0, f1], ddof=1) * 100:.2f}"
+    # twin_b has no fold 1: its row says so rather than averaging over another set of folds silently
+    assert folds["twin_b"]["fold 1 (%)"] == "-" and folds["twin_b"]["sd over folds (%)"] == "-"
+    assert folds["good"]["fold 0 (%)"] == folds["good"]["mean over folds (%)"] == "100.00"
+
+
+def test_paired_differences_against_the_baseline(report):
+    res, out = report
+    (g,) = res.groups
+    md = (out / "report.md").read_text()
+    # dice_ce is not among these losses: the report says so and compares with the headline's first loss
+    assert "the baseline loss dice_ce is not in this group" in md and g.baseline == "good"
+    diffs = {r["loss"]: r for r in _csv(next((out / "tables").glob("vs_baseline_*.csv")))}
+    assert set(diffs) == {"twin_a", "twin_b", "bad"}
+    bad, good = _case_means(res.evaluation.rows, "bad"), _case_means(res.evaluation.rows, "good")
+    paired = g.cases  # the 10 cases every loss has
+    expected = np.mean([bad[c] - good[c] for c in paired]) * 100
+    assert diffs["bad"]["Δ DSC vs good (points)"] == f"{expected:+.2f}"
+    low, high = (float(x) for x in diffs["bad"]["95% CI"].strip("[]").split(", "))
+    assert low <= expected <= high < 0
+    assert float(diffs["bad"]["Wilcoxon p (Holm)"]) == pytest.approx(g.tests.p_holm[g.methods.index("bad"), 0],
+                                                                     rel=1e-2)
+
+
+def test_headline_interval_and_hd95_median(report):
+    res, out = report
+    dsc = {r["loss"]: r for r in _csv(next((out / "tables").glob("dsc_*.csv")))}
+    (g,) = res.groups
+    good = [np.mean([r["dice"] for r in res.evaluation.rows if r["method"] == "good" and r["case"] == c])
+            for c in g.cases]
+    assert dsc["good"]["95% CI"] == "[100.00, 100.00]" and np.mean(good) == 1.0
+    hd = {r["loss"]: r for r in _csv(next((out / "tables").glob("hd95_*.csv")))}
+    bad_tumour = [r["hd95"] for r in res.evaluation.rows if r["method"] == "bad" and r["class_name"] == "tumour"
+                  and r["case"] in g.cases]
+    assert hd["bad"]["HD95 tumour median (mm)"] == f"{np.median(bad_tumour):.2f}"
+    assert "HD95 median (mm)" in dsc["bad"]
+
+
+def test_empty_structure_counts(report):
+    res, out = report
+    counts = {(r["loss"], r["class"]): r for r in _csv(next((out / "tables").glob("empty_*.csv")))}
+    # toy_000 has no tumour: good leaves it empty, bad predicts one there
+    assert counts[("good", "tumour")] == {"loss": "good", "class": "tumour", "cases": "14", "empty reference": "1",
+                                          "empty prediction": "1", "both empty": "1"}
+    assert (counts[("bad", "tumour")]["empty reference"], counts[("bad", "tumour")]["empty prediction"]) == ("1", "0")
+    assert counts[("twin_b", "organ")]["cases"] == "10"  # its fold 1 is missing
+
+
+def test_cost_of_the_runs_and_the_short_training_statement(report):
+    res, out = report
+    cost = _csv(next((out / "tables").glob("cost_*.csv")))
+    row = next(r for r in cost if r["loss"] == "good" and r["fold"] == "1")
+    # autoseg.json says seconds 13.0 and device cpu; the training log 2 epochs of 1.5 s; the budget 2 epochs
+    assert (row["device"], row["epochs completed / planned"], row["wall time"], row["s per epoch"]) == (
+        "cpu", "2 / 2", "13 s", "1.50")
+    md = (out / "report.md").read_text()
+    assert "short training may rank losses differently from full training" in md.lower()
+
+
+def test_friedman_with_iman_davenport_and_cd_only_when_rejected(report, tmp_path):
+    res, out = report
+    md = (out / "report.md").read_text()
+    (g,) = res.groups
+    assert f"Iman-Davenport F = {g.friedman.f_statistic:.3f}" in md and g.friedman.rejects(0.05)
+    assert any(p.name.startswith("cd_cases_") for p in (out / "figures").iterdir())
+    # two indistinguishable losses: Friedman does not reject, and no diagram is drawn
+    tree = build_tree(tmp_path, cases_per_fold=(6,), methods=("twin_a", "twin_b"), missing=(), failed=(),
+                      progress_png=False)
+    r2 = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=20, progress=None)
+    assert not r2.groups[0].friedman.rejects(0.05)
+    assert "No critical-difference diagram: the Friedman test does not reject" in (tmp_path / "r" / "report.md"
+                                                                                   ).read_text()
+    assert not list((tmp_path / "r" / "figures").glob("cd_cases_*"))
+
+
+def test_long_table_for_challenger(report):
+    res, out = report
+    long = _csv(out / "tables" / "metrics_long.csv")
+    assert list(long[0]) == ["task", "case", "algorithm", "value"]
+    # one value per (task, case, algorithm): DSC, IoU, HD95 and NSD of two classes for every evaluated row pair
+    keys = {(r["task"], r["case"], r["algorithm"]) for r in long}
+    assert len(keys) == len(long) == len(res.evaluation.rows) * 4
+    task = "Dataset999_Toy/3d_fullres/cnn/nnUNetPlans/quick: DSC tumour"
+    twin = next(r for r in long if r["task"] == task and r["case"] == "toy_005" and r["algorithm"] == "twin_a")
+    assert float(twin["value"]) == 0.5
+
+
+def test_test_set_rows_are_shown_apart_from_cross_validation(tmp_path, monkeypatch):
+    """The contract with the test-set scorer: rows with split "test" (fold: what predicted them) go to their own
+    section and never into the cross-validation statistics."""
+    from autoseg.evaluation import report as report_module
+    from autoseg.evaluation.scoring import evaluate as real_evaluate
+
+    tree = build_tree(tmp_path, cases_per_fold=(6,), methods=("good", "bad"), missing=(), failed=(),
+                      progress_png=False)
+
+    def with_test_rows(*args, **kwargs):
+        ev = real_evaluate(*args, **kwargs)
+        test = [{**r, "split": "test", "fold": "ensemble", "case": "test_" + r["case"]} for r in ev.rows
+                if r["case"] in ("toy_001", "toy_002", "toy_003")]
+        ev.rows = ev.rows + test
+        return ev
+
+    monkeypatch.setattr(report_module, "evaluate", with_test_rows)
+    res = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=20, progress=None)
+    (g,) = res.groups
+    assert len(g.cases) == 6 and not any(c.startswith("test_") for c in g.cases)  # CV untouched
+    ((predictor, t),) = res.test_groups
+    assert predictor == "ensemble" and t.cases == ["test_toy_001", "test_toy_002", "test_toy_003"]
+    assert t.methods[0] == "good"
+    md = (tmp_path / "r" / "report.md").read_text()
+    cv_at, test_at = md.index("# Dataset999_Toy"), md.index("# Held-out test set (separate from cross-validation)")
+    assert cv_at < test_at and "predicted by ensemble" in md[test_at:]
+    test_table = {r["loss"]: r for r in _csv(next((tmp_path / "r" / "tables").glob("dsc_test_*.csv")))}
+    assert test_table["good"]["DSC avg (%)"] == "100.00 ± 0.00"
+    assert res.verdict()["test"][0]["predictor"] == "ensemble"
+
+
+def test_no_test_set_is_said(report):
+    _, out = report
+    assert "No held-out test-set results were found" in (out / "report.md").read_text()

@@ -206,3 +206,95 @@ def test_bootstrap_statistics_equal_indexing_the_cases():
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = np.where(d > 0, t / d, np.nan)
     assert pooled_iou_statistic(tp, fp, fn)(idx) == pytest.approx(pooled, nan_ok=True)
+
+
+def test_iman_davenport_by_hand_and_demsar_example():
+    from autoseg.evaluation.stats import iman_davenport
+
+    # Demšar (2006), section 3.2.2: N = 14 data sets, k = 4 methods, chi2_F = 9.28 -> F_F = 13 * 9.28 / (42 - 9.28)
+    f, p = iman_davenport(9.28, 14, 4)
+    assert f == pytest.approx(3.69, abs=0.005)
+    assert p == pytest.approx(stats.f.sf(13 * 9.28 / (42 - 9.28), 3, 39))
+    assert stats.f.isf(0.05, 3, 39) == pytest.approx(2.85, abs=0.01) and p < 0.05  # "F(3, 39) = 2.85": rejected
+    assert iman_davenport(8.0, 4, 3) == (float("inf"), 0.0)  # every block ranks alike: chi2 = N (k - 1)
+    assert all(math.isnan(v) for v in iman_davenport(1.0, 1, 3))  # one block: no denominator degrees of freedom
+
+
+def test_friedman_carries_iman_davenport_of_scipys_chi2():
+    rng = np.random.default_rng(8)
+    x = rng.random((11, 4))
+    x[:, 0] += 0.3
+    res = friedman(x)
+    chi2 = stats.friedmanchisquare(*x.T).statistic
+    assert res.f_statistic == pytest.approx(10 * chi2 / (11 * 3 - chi2))
+    assert res.f_pvalue == pytest.approx(stats.f.sf(res.f_statistic, 3, 30))
+    assert res.rejects(0.05) == (res.f_pvalue < 0.05)
+    tied = friedman(np.ones((5, 3)))
+    assert (tied.f_statistic, tied.f_pvalue, tied.rejects(0.05)) == (0.0, 1.0, False)
+
+
+def _brute_force_permutation_p(tp, fp, fn, i, j):
+    """Every swap pattern written out with plain loops: the mIoU over classes with reference pixels."""
+    import itertools
+
+    n, _, k = tp.shape
+    classes = [c for c in range(k) if sum(tp[x, i, c] + fn[x, i, c] for x in range(n)) > 0]
+
+    def miou(pick):  # pick[x] is the method whose counts image x contributes
+        vals = []
+        for c in classes:
+            t = sum(tp[x, pick[x], c] for x in range(n))
+            d = sum(tp[x, pick[x], c] + fp[x, pick[x], c] + fn[x, pick[x], c] for x in range(n))
+            vals.append(t / d)
+        return sum(vals) / len(vals)
+
+    diffs = []
+    for swap in itertools.product((0, 1), repeat=n):
+        diffs.append(miou([j if s else i for s in swap]) - miou([i if s else j for s in swap]))
+    observed = diffs[0]
+    return observed, sum(abs(d) >= abs(observed) * (1 - 1e-9) for d in diffs) / len(diffs)
+
+
+def test_permutation_test_of_the_miou_equals_brute_force():
+    from autoseg.evaluation.stats import paired_permutation_miou, pairwise_permutation_miou
+
+    # 3 images, 2 methods, 2 classes; class 1 is absent from every reference (method 0 predicts it once)
+    tp = np.array([[[3, 0], [1, 0]], [[4, 0], [2, 0]], [[5, 0], [5, 0]]], float)
+    fp = np.array([[[1, 2], [0, 0]], [[0, 0], [2, 0]], [[0, 0], [0, 0]]], float)
+    fn = np.array([[[0, 0], [2, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]], float)
+    d, p = paired_permutation_miou(tp, fp, fn, 0, 1)
+    bd, bp = _brute_force_permutation_p(tp, fp, fn, 0, 1)
+    # by hand: method 0 IoU 12/13, method 1 8/12 -> d = 12/13 - 2/3 = 0.256; image 2 has identical counts, so the 8
+    # patterns are 4 pairs: no swap d, both swapped -d, image 0 or image 1 alone +-(10/12 - 10/13) = +-0.064:
+    # 4 of 8 patterns as extreme as observed, p = 0.5
+    assert d == pytest.approx(12 / 13 - 8 / 12) and d == pytest.approx(bd)
+    assert p == 0.5 and bp == 0.5
+    rng = np.random.default_rng(3)
+    tp, fp, fn = (rng.integers(0, 6, (6, 3, 3)).astype(float) for _ in range(3))
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert paired_permutation_miou(tp, fp, fn, i, j) == pytest.approx(_brute_force_permutation_p(tp, fp, fn, i, j))
+    t = pairwise_permutation_miou(tp, fp, fn)
+    raw = [_brute_force_permutation_p(tp, fp, fn, i, j)[1] for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert [t.p[0, 1], t.p[0, 2], t.p[1, 2]] == pytest.approx(raw)
+    assert [t.p_holm[0, 1], t.p_holm[0, 2], t.p_holm[1, 2]] == pytest.approx(holm(raw))
+
+
+def test_permutation_test_finds_a_clear_difference_with_random_patterns():
+    from autoseg.evaluation.stats import paired_permutation_miou
+
+    # 40 images (2^40 patterns: sampled), method 0 better on every image
+    tp = np.stack([np.full((40, 2), 9.0), np.full((40, 2), 6.0)], axis=1)
+    fp = np.stack([np.full((40, 2), 1.0), np.full((40, 2), 4.0)], axis=1)
+    fn = np.zeros_like(tp)
+    d, p = paired_permutation_miou(tp, fp, fn, 0, 1, n_perm=999, seed=1)
+    assert d == pytest.approx(0.3) and p == pytest.approx(1 / 1000)  # only the identity is as extreme
+
+
+def test_miou_over_reference_classes_by_hand():
+    from autoseg.evaluation.ranking import miou_over_reference_classes
+
+    # class 0: tp 3 fp 1 over both images -> 3/4; class 1 never in the reference, method 0 predicts it (fp 2)
+    tp = np.array([[[2, 0]], [[1, 0]]], float)
+    fp = np.array([[[1, 2]], [[0, 0]]], float)
+    fn = np.zeros_like(tp)
+    assert miou_over_reference_classes(tp, fp, fn).tolist() == [0.75]

@@ -245,3 +245,90 @@ def test_gradient_descent_on_the_logits_lowers_the_loss(name):
     with torch.no_grad():
         assert float(loss(logits, target)) < first - 1e-3
     assert accuracy > 0.9, f"{name}: accuracy {accuracy:.2f} after descent"
+
+
+# ------------------------------------------------------------------ losses that declare extra inputs
+EXTRA_LOSSES = [n for n in LOSSES if get_loss_info(n).extra_inputs]
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_declared_extra_inputs_are_keywords_of_forward(name):
+    # The trainer hands maps in as keywords named as in extra_inputs; forward must take them (or **extras).
+    info = get_loss_info(name)
+    params = inspect.signature(info.cls.forward).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for extra in info.extra_inputs:
+        assert takes_any or extra in params, f"{name} declares {extra!r} but forward() does not take it"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", EXTRA_LOSSES)
+def test_loss_with_extra_inputs_works_standalone(name, dim):
+    # build_loss(name)(logits, target) with nothing else: the loss computes what it needs from the target.
+    logits, target = inputs(dim, seed=9, ignore=True)
+    loss = make(name, ignore_index=IGNORE)
+    value, grad = value_and_grad(loss, logits, target)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+    clean = target.clone()
+    clean[clean == IGNORE] = 0
+    onehot = torch.nn.functional.one_hot(clean, C).movedim(-1, 1).float()
+    inverted = torch.nn.functional.one_hot((clean + 1) % C, C).movedim(-1, 1).float()
+    plain = make(name)
+    assert plain(20 * onehot, clean) < plain(logits, clean) < plain(20 * inverted, clean)
+
+
+def _probe_loss(logits, target, weight_map=None, ignore_index=None, reduction="mean"):
+    """Cross-entropy weighted per voxel by ``weight_map`` of the reference class (1 when none is handed in)."""
+    from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, valid_mask
+    from autoseg.losses._validation import check_logits_target
+
+    target = check_logits_target(logits, target, ignore_index)
+    mask = valid_mask(target, ignore_index)
+    logp, safe = gathered_log_probabilities(logits, target, mask)
+    w = None if weight_map is None else weight_map.float().gather(1, safe.unsqueeze(1)).squeeze(1)
+    return masked_voxel_mean(-logp, mask, reduction, w)
+
+
+def test_contract_runs_on_a_loss_that_takes_extras(monkeypatch):
+    """Every per-loss contract test above accepts a loss whose forward takes ``**extras`` and which declares one."""
+    from autoseg.losses import SegmentationLoss, register_loss
+    from autoseg.losses import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+
+    @register_loss("contract_probe_maps", category="pixel", citation="test probe", function=_probe_loss)
+    class ProbeMapsLoss(SegmentationLoss):
+        """Cross-entropy weighted by a per-class map handed in by the trainer (all ones standalone)."""
+
+        extra_inputs = ("weight_map",)
+
+        def forward(self, logits, target, **extras):
+            self.check_inputs(logits, target, extras)
+            return _probe_loss(logits, target, extras.get("weight_map"), self.ignore_index, self.reduction)
+
+    name = "contract_probe_maps"
+    monkeypatch.setattr(ProbeMapsLoss, "__module__", __name__)  # the function lives here too
+    test_metadata(name)
+    test_declared_extra_inputs_are_keywords_of_forward(name)
+    test_gradcheck_float64(name)
+    test_low_precision_logits_are_computed_in_float32(name)
+    test_autocast_does_not_lower_precision(name)
+    test_tiny_deep_supervision_outputs(name)
+    test_gradient_descent_on_the_logits_lowers_the_loss(name)
+    for dim in (2, 3):
+        test_target_shapes_agree(name, dim)
+        test_reduction_shapes(name, dim)
+        test_perfect_below_random_below_inverted(name, dim)
+        test_ignored_voxels_change_nothing(name, dim, IGNORE)
+        test_function_equals_module(name, dim)
+        test_loss_with_extra_inputs_works_standalone(name, dim)
+        for case in ("all_ignore", "extreme_1e30", "confident_wrong"):
+            test_finite_value_and_gradient(name, dim, case)
+    # A map handed in is used: doubling the weight of class 1 changes the value.
+    logits, target = inputs(2, seed=10)
+    loss = build_loss(name)
+    ones = torch.ones_like(logits)
+    heavier = ones.clone()
+    heavier[:, 1] = 2
+    assert torch.equal(loss(logits, target), loss(logits, target, weight_map=ones))
+    assert not torch.equal(loss(logits, target), loss(logits, target, weight_map=heavier))

@@ -49,7 +49,11 @@ HAND = [
     ("lovasz", {}, 0.375),
     ("lovasz", {"include_background": False}, 0.375),
     ("combo", {"smooth": 0, "alpha": 0.5, "beta": 1.0}, 0.5 * (L34 + L12 + L34) / 3 + 0.5 * (1 - 2.5 / 3.5)),
-    ("exp_log", {}, 0.8 * (-math.log(3.5 / 4.5)) ** 0.3 + 0.2 * (2 * L34 ** 0.3 + L12 ** 0.3) / 3),
+    # Wong et al. average the Dice term over all labels, background included (s = 1: class 0 2.5 / 3.5).
+    ("exp_log", {}, 0.8 * ((-math.log(2.5 / 3.5)) ** 0.3 + (-math.log(3.5 / 4.5)) ** 0.3) / 2
+     + 0.2 * (2 * L34 ** 0.3 + L12 ** 0.3) / 3),
+    ("exp_log", {"include_background": False},
+     0.8 * (-math.log(3.5 / 4.5)) ** 0.3 + 0.2 * (2 * L34 ** 0.3 + L12 ** 0.3) / 3),
     ("unified_focal", {"smooth": 0},
      0.5 * (0.6 * L34 + 0.6 * L12 + 0.4 * 0.25 ** 0.5 * L34) / 3
      + 0.5 * ((1 - 0.75 / (0.75 + 0.6 * 0.25 + 0.4 * 0.75))
@@ -258,18 +262,24 @@ def test_lovasz_matches_numpy(classes, include_background, batch, dim):
 
 
 def np_rmi(logits, target, radius, pool, ce_weight, include_background=True):
-    """Zhao et al.'s RMI as their reference code (scatter matrices), pooling factors dividing the sizes."""
+    """Zhao et al.'s RMI as their reference code (scatter matrices, classes summed as its _IS_SUM = 1).
+
+    Pooling as the code's avg_pool2d(kernel=stride=pool, padding=pool // 2), the padding treated as ignored
+    voxels (window sums of value and of counted voxels are divided); the sizes must leave ``radius`` cells.
+    """
     p, t, mask = np_parts(logits, target)
     c = p.shape[1]
     spatial = p.shape[2:]
+    pad = pool // 2
+    n_cells = [(s + 2 * pad - pool) // pool + 1 for s in spatial]
     out = []
     for b in range(p.shape[0]):
         per_class = []
         for k in range(0 if include_background else 1, c):
             def pooled(x):
-                shape = [s // pool for s in spatial]
-                blocks = x.reshape(*itertools.chain(*[(s, pool) for s in shape]))
-                return blocks.sum(axis=tuple(range(1, 2 * len(shape), 2)))
+                padded = np.pad(x, pad)[tuple(slice(0, n * pool) for n in n_cells)]
+                blocks = padded.reshape(*itertools.chain(*[(n, pool) for n in n_cells]))
+                return blocks.sum(axis=tuple(range(1, 2 * len(n_cells), 2)))
             w = pooled(mask[b].astype(float))
             pc, tc = pooled(p[b, k]) / np.maximum(w, 1e-300), pooled(t[b, k]) / np.maximum(w, 1e-300)
             cells = pc.shape
@@ -289,7 +299,7 @@ def np_rmi(logits, target, radius, pool, ce_weight, include_background=True):
             cond = scatter_t - scatter_tp @ np.linalg.inv(scatter_p + 5e-4 * np.eye(d)) @ scatter_tp.T
             per_class.append(0.5 * np.linalg.slogdet(cond + 5e-4 * np.eye(d))[1] / d - 0.5 * np.log(n))
         nll = -np.log((np_softmax(logits)[b] * t[b]).sum(0)[mask[b]])
-        out.append(ce_weight * nll.mean() + (1 - ce_weight) * np.mean(per_class))
+        out.append(ce_weight * nll.mean() + (1 - ce_weight) * np.sum(per_class))
     return np.array(out)
 
 
@@ -367,9 +377,10 @@ def test_robust_t_learns_its_degrees_of_freedom():
     assert float(restored.nu) == pytest.approx(float(loss.nu))
 
 
-def np_exp_log(logits, target, w_dice=0.8, w_ce=0.2, g_d=0.3, g_c=0.3, smooth=1.0, weight=None):
+def np_exp_log(logits, target, w_dice=0.8, w_ce=0.2, g_d=0.3, g_c=0.3, smooth=1.0, weight=None,
+               include_background=True):
     tp, fp, fn = np_counts(logits, target, False)
-    dice = ((2 * tp + smooth) / (2 * tp + fp + fn + smooth))[:, 1:]
+    dice = ((2 * tp + smooth) / (2 * tp + fp + fn + smooth))[:, 0 if include_background else 1:]
     _, t, mask = np_parts(logits, target)
     pt = np.where(mask, (np_softmax(logits) * t).sum(1), 1.0)
     w = np.ones(logits.shape[1]) if weight is None else np.asarray(weight)
@@ -379,7 +390,8 @@ def np_exp_log(logits, target, w_dice=0.8, w_ce=0.2, g_d=0.3, g_c=0.3, smooth=1.
 
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("kwargs", [{}, {"gamma_dice": 1.0, "gamma_ce": 2.0, "smooth": 1e-5},
-                                    {"w_dice": 0.5, "w_ce": 0.5, "weight": [0.2, 1.0, 2.0]}])
+                                    {"w_dice": 0.5, "w_ce": 0.5, "weight": [0.2, 1.0, 2.0]},
+                                    {"include_background": False}])
 def test_exp_log_matches_numpy(kwargs, dim):
     logits, target = np_case(dim, seed=12, ignore=True)
     np_kwargs = {{"gamma_dice": "g_d", "gamma_ce": "g_c"}.get(k, k): v for k, v in kwargs.items()}
@@ -491,3 +503,58 @@ def test_compound_strings_are_weighted_sums_of_registered_losses():
                 + 0.5 * build_loss("topk", k=20, ignore_index=IGNORE)(logits, target)
                 + 0.25 * build_loss("lovasz", batch=False, ignore_index=IGNORE)(logits, target))
     torch.testing.assert_close(compound(logits, target), expected)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_rmi_sums_its_term_over_classes(num_classes):
+    # With every voxel ignored each class's conditional covariance is the regulariser eps I, so each class
+    # adds 0.5 log(eps) (per dimension, and the value is divided by d): summed, as the reference code's
+    # _IS_SUM = 1, the term is C times that, not its class mean.
+    logits = torch.randn(1, num_classes, 16, 16)
+    target = torch.full((1, 16, 16), IGNORE)
+    value = build_loss("rmi", ce_weight=0.0, ignore_index=IGNORE)(logits, target)
+    assert float(value) == pytest.approx(num_classes * 0.5 * math.log(5e-4), rel=1e-6)
+    without_background = build_loss("rmi", ce_weight=0.0, ignore_index=IGNORE, include_background=False)
+    assert float(without_background(logits, target)) == pytest.approx((num_classes - 1) * 0.5 * math.log(5e-4),
+                                                                      rel=1e-6)
+
+
+@pytest.mark.parametrize("spatial", [(18, 18), (21, 19), (14, 13, 15)])
+def test_rmi_pools_over_the_reference_windows(spatial):
+    # The reference code pools with avg_pool2d(kernel=stride=4, padding=2): the voxels its windows reach get
+    # a gradient, the others (a trailing remainder on some sizes, e.g. the last column of 19) none. Pooling
+    # without padding would drop the last columns of 18 (16 and 17) as well.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 3, *spatial, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (1, *spatial), generator=g)
+    build_loss("rmi", ce_weight=0.0)(logits, target).backward()
+    probe = torch.ones(1, 1, *spatial, requires_grad=True)
+    pool = torch.nn.functional.avg_pool2d if len(spatial) == 2 else torch.nn.functional.avg_pool3d
+    pool(probe, kernel_size=4, stride=4, padding=2).sum().backward()
+    reached = probe.grad[0, 0] > 0
+    assert torch.equal(logits.grad.abs().sum(1)[0] > 0, reached)
+    if spatial == (18, 18):
+        assert reached.all()
+
+
+@pytest.mark.parametrize("exponent, documented", [(0.3, 6.6e-3), (1 / 3, 3.8e-3), (0.5, 2.5e-4), (0.75, 3.3e-6)])
+def test_linear_continuation_of_small_powers_changes_values_by_the_documented_amount(exponent, documented):
+    # docs/losses.md and safe_pow's docstring give these maxima; above 1e-6 the power is exact.
+    from autoseg.losses._functional import safe_pow
+
+    x = torch.logspace(-12, 0, 200001, dtype=torch.float64)
+    err = (safe_pow(x, exponent) - x ** exponent).abs()
+    assert float(err.max()) == pytest.approx(documented, rel=0.02)
+    assert float(err[x > 1e-6].max()) == 0
+
+
+def test_focal_with_small_gamma_is_exact_to_1e_9_in_float64():
+    # In the focal loss the continued power multiplies -log p < 1e-6, so the deviation is negligible there.
+    g = torch.Generator().manual_seed(4)
+    for scale in (1.0, 10.0, 16.0):
+        logits = scale * torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+        target = torch.randint(0, 3, (2, 16, 16), generator=g)
+        logp = np.log(np_softmax(logits.numpy()))
+        pt = np.take_along_axis(logp, target.numpy()[:, None], 1)[:, 0]
+        exact = (-pt * (-np.expm1(pt)) ** 0.3).mean()
+        assert float(build_loss("focal", gamma=0.3)(logits, target)) == pytest.approx(exact, abs=1e-9)

@@ -134,3 +134,24 @@ def test_learnable_loss_parameters_reach_optimizer_and_checkpoint(loss):
 
     module = build_loss(loss)
     assert any(True for _ in module.parameters()), f"{loss} should own a learnable parameter"
+
+
+def test_trainer_tells_the_loss_each_epoch(monkeypatch):
+    """The trainer calls the loss's on_epoch_start(epoch, num_epochs) before each epoch (Kervadec's ramp)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from autoseg.losses import build_loss
+    from autoseg.trainers.factory import make_trainer_class
+
+    cls = make_trainer_class("dice+ce")
+    trainer = cls.__new__(cls)  # only the hook is exercised; nnU-Net's own epoch bookkeeping is stubbed
+    monkeypatch.setattr(nnUNetTrainer, "on_epoch_start", lambda self: None)
+    trainer.autoseg_loss = build_loss("dice+ce")
+    seen = []
+    for component in trainer.autoseg_loss.components:
+        monkeypatch.setattr(component, "on_epoch_start", lambda e, n, c=component: seen.append((type(c).__name__, e, n)))
+    trainer.num_epochs = 7
+    for epoch in (0, 1):
+        trainer.current_epoch = epoch
+        trainer.on_epoch_start()
+    assert seen == [("DiceLoss", 0, 7), ("CrossEntropyLoss", 0, 7), ("DiceLoss", 1, 7), ("CrossEntropyLoss", 1, 7)]

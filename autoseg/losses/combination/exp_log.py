@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import (
     gathered_log_probabilities,
@@ -20,6 +19,7 @@ from autoseg.losses._functional import (
     valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.pixel.ce import _class_weights
 from autoseg.losses.registry import register_loss
 
@@ -41,7 +41,7 @@ def exp_log_loss(
     gamma_ce: float = 0.3,
     weight: Sequence[float] | None = None,
     ignore_index: int | None = None,
-    include_background: bool = False,
+    include_background: bool = True,
     batch: bool = False,
     smooth: float = 1.0,
     reduction: str = "mean",
@@ -59,7 +59,10 @@ def exp_log_loss(
     tiny ``s`` an absent class that is predicted a little has Dice near 0 and ``-ln`` near 12).
     ``weight`` are the optional per-class weights :math:`w_l` (the paper uses
     :math:`((\sum_k f_k)/f_l)^{0.5}`, f the label frequencies); the voxel mean is not normalised
-    by them. Powers below 1 have an infinite slope at 0; below 1e-6 they are continued linearly.
+    by them. ``include_background=True`` by default, unlike the Dice-type losses: Wong et al. average
+    the Dice term over all labels, background included. Powers below 1 have an infinite slope at 0;
+    below 1e-6 they are continued linearly (:func:`~autoseg.losses._functional.safe_pow`), which
+    changes a term whose base is below 1e-6 by up to 6.6e-3 at γ = 0.3.
 
     Example:
         >>> logits = torch.tensor([[[[9.0, -9.0]], [[-9.0, 9.0]]]])
@@ -90,23 +93,19 @@ def exp_log_loss(
 @register_loss("exp_log", category="combination", function=exp_log_loss,
                citation="Wong, Moradi, Tang, Syeda-Mahmood. 3D segmentation with exponential logarithmic loss "
                         "for highly unbalanced object sizes. MICCAI 2018 (arXiv:1809.00076)")
-class ExpLogLoss(nn.Module):
+class ExpLogLoss(RegionLoss):
     """Exponential logarithmic loss: w_dice E[(-ln Dice_c)^g] + w_ce E[w_y (-ln p_y)^g]."""
 
     def __init__(self, w_dice: float = 0.8, w_ce: float = 0.2, gamma_dice: float = 0.3, gamma_ce: float = 0.3,
-                 weight: Sequence[float] | None = None, include_background: bool = False, batch: bool = False,
+                 weight: Sequence[float] | None = None, *, include_background: bool = True, batch: bool = False,
                  smooth: float = 1.0, ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.w_dice, self.w_ce, self.gamma_dice, self.gamma_ce = _check(w_dice, w_ce, gamma_dice, gamma_ce)
         self.weight = None if weight is None else [float(x) for x in weight]
         if self.weight is not None and any(not (0 <= x < float("inf")) for x in self.weight):
             raise ValueError(f"weight must be finite and non-negative, got {self.weight}")
-        self.include_background = bool(include_background)
-        self.batch = bool(batch)
-        self.smooth = check_positive("smooth", smooth, allow_zero=True)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return exp_log_loss(logits, target, self.w_dice, self.w_ce, self.gamma_dice, self.gamma_ce, self.weight,
-                            self.ignore_index, self.include_background, self.batch, self.smooth, self.reduction)
+                            **self.region_kwargs())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import (
     gathered_log_probabilities,
@@ -14,6 +13,7 @@ from autoseg.losses._functional import (
     valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_probability, check_reduction
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -78,18 +78,17 @@ def unified_focal_loss(
 @register_loss("unified_focal", category="combination", function=unified_focal_loss,
                citation="Yeung, Sala, Schonlieb, Rundo. Unified focal loss. Comput Med Imaging Graph 2022 "
                         "(arXiv:2102.04525)")
-class UnifiedFocalLoss(nn.Module):
+class UnifiedFocalLoss(RegionLoss):
     """Asymmetric unified focal loss: lambda * asymmetric focal + (1 - lambda) * asymmetric focal Tversky."""
 
-    def __init__(self, focal_weight: float = 0.5, delta: float = 0.6, gamma: float = 0.5, batch: bool = False,
+    def __init__(self, focal_weight: float = 0.5, delta: float = 0.6, gamma: float = 0.5, *, batch: bool = False,
                  smooth: float = 1e-5, ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+        # No include_background argument: the background always has its own (suppressed) terms.
+        super().__init__(include_background=True, batch=batch, smooth=smooth, ignore_index=ignore_index,
+                         reduction=reduction)
         self.focal_weight, self.delta, self.gamma = _check(focal_weight, delta, gamma)
-        self.batch = bool(batch)
-        self.smooth = check_positive("smooth", smooth, allow_zero=True)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return unified_focal_loss(logits, target, self.focal_weight, self.delta, self.gamma, self.ignore_index,
-                                  self.batch, self.smooth, self.reduction)
+        return unified_focal_loss(logits, target, self.focal_weight, self.delta, self.gamma,
+                                  ignore_index=self.ignore_index, batch=self.batch, smooth=self.smooth,
+                                  reduction=self.reduction)

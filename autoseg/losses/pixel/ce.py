@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import log_probabilities, masked_voxel_mean, valid_mask
 from autoseg.losses._validation import check_logits_target, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -63,17 +63,15 @@ def cross_entropy(
 
 
 @register_loss("ce", category="pixel", citation="standard cross-entropy", function=cross_entropy)
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(SegmentationLoss):
     """Cross-entropy (optionally class-weighted) over the non-ignored voxels."""
 
-    def __init__(self, weight: Sequence[float] | None = None, ignore_index: int | None = None,
+    def __init__(self, weight: Sequence[float] | None = None, *, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.weight = None if weight is None else [float(x) for x in weight]
         if self.weight is not None and any(not (x >= 0) for x in self.weight):
             raise ValueError(f"weight must be non-negative, got {self.weight}")
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, target, self.weight, self.ignore_index, self.reduction)
+        return cross_entropy(logits, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction)

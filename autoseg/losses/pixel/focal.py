@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Union
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, safe_pow, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.registry import register_loss
 
 Alpha = Union[float, Sequence[float], None]
@@ -83,16 +83,15 @@ def focal_loss(
 @register_loss("focal", category="pixel", function=focal_loss,
                citation="Lin, Goyal, Girshick, He, Dollar. Focal loss for dense object detection. ICCV 2017 "
                         "(arXiv:1708.02002)")
-class FocalLoss(nn.Module):
+class FocalLoss(SegmentationLoss):
     """Focal loss: -alpha_y (1 - p_y)^gamma log p_y, mean over counted voxels."""
 
-    def __init__(self, gamma: float = 2.0, alpha: Alpha = None, ignore_index: int | None = None,
+    def __init__(self, gamma: float = 2.0, alpha: Alpha = None, *, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.gamma = check_positive("gamma", gamma, allow_zero=True)
         self.alpha = check_alpha(alpha)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return focal_loss(logits, target, self.gamma, self.alpha, self.ignore_index, self.reduction)
+        return focal_loss(logits, target, self.gamma, self.alpha, ignore_index=self.ignore_index,
+                          reduction=self.reduction)

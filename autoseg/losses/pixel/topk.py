@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import gathered_log_probabilities, valid_mask
 from autoseg.losses._validation import check_logits_target, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -81,14 +81,12 @@ def topk_loss(
 @register_loss("topk", category="pixel", function=topk_loss,
                citation="Wu, Shen, van den Hengel. Bridging category-level and instance-level semantic image "
                         "segmentation. arXiv:1605.06885 (2016)")
-class TopKLoss(nn.Module):
+class TopKLoss(SegmentationLoss):
     """TopK cross-entropy: mean cross-entropy of the k % hardest counted voxels."""
 
-    def __init__(self, k: float = 10, ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+    def __init__(self, k: float = 10, *, ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.k = check_k(k)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return topk_loss(logits, target, self.k, self.ignore_index, self.reduction)
+        return topk_loss(logits, target, self.k, ignore_index=self.ignore_index, reduction=self.reduction)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from autoseg.losses._functional import (
     masked_probabilities,
@@ -14,7 +13,8 @@ from autoseg.losses._functional import (
     soft_counts,
     valid_mask,
 )
-from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses._validation import check_logits_target, check_reduction
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -70,31 +70,15 @@ def dice_loss(
     return reduce(1 - dice.mean(1), reduction)
 
 
-class _RegionLoss(nn.Module):
-    """Stores the keyword arguments shared by region losses."""
-
-    def __init__(self, ignore_index: int | None, include_background: bool, batch: bool, smooth: float,
-                 reduction: str):
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.include_background = bool(include_background)
-        self.batch = bool(batch)
-        self.smooth = check_positive("smooth", smooth, allow_zero=True)
-        self.reduction = check_reduction(reduction)
-
-    def region_kwargs(self) -> dict:
-        return dict(ignore_index=self.ignore_index, include_background=self.include_background,
-                    batch=self.batch, smooth=self.smooth, reduction=self.reduction)
-
-
 @register_loss("dice", category="region", function=dice_loss,
                citation="Milletari, Navab, Ahmadi. V-Net. 3DV 2016 (arXiv:1606.04797)")
-class DiceLoss(_RegionLoss):
+class DiceLoss(RegionLoss):
     """Soft Dice loss: 1 - mean over classes of the soft Dice coefficient."""
 
-    def __init__(self, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+    def __init__(self, *, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return dice_loss(logits, target, **self.region_kwargs())

@@ -6,7 +6,7 @@ import torch
 
 from autoseg.losses._functional import reduce, safe_pow
 from autoseg.losses._validation import check_positive, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.region.tversky import check_tversky, tversky_index
 from autoseg.losses.registry import register_loss
 
@@ -32,8 +32,9 @@ def focal_tversky_loss(
     that the scale does not grow with the number of classes (a constant factor). ``alpha`` weighs
     false negatives, ``beta`` false positives (see :func:`tversky_loss`); ``gamma = 1`` is the
     Tversky loss. With ``gamma > 1`` the slope of ``x^{1/gamma}`` at 0 is infinite; below
-    ``1e-6`` the power is continued linearly so gradients stay finite (values below 1e-6 of a
-    class's Tversky loss are changed by less than 1e-6).
+    ``1e-6`` the power is continued linearly so gradients stay finite; a class whose Tversky loss is
+    below 1e-6 has its term changed by up to 3.3e-6 at the default γ = 4/3 (exponent 0.75) and up to
+    3.8e-3 at γ = 3 (see :func:`~autoseg.losses._functional.safe_pow`).
 
     Example:
         >>> logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]]]])
@@ -52,13 +53,14 @@ def focal_tversky_loss(
 @register_loss("focal_tversky", category="region", function=focal_tversky_loss,
                citation="Abraham, Khan. A novel focal Tversky loss function with improved attention U-Net for "
                         "lesion segmentation. ISBI 2019 (arXiv:1810.07842)")
-class FocalTverskyLoss(_RegionLoss):
+class FocalTverskyLoss(RegionLoss):
     """Focal Tversky loss: mean over classes of (1 - Tversky index)^(1/gamma)."""
 
-    def __init__(self, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3,
+    def __init__(self, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3, *,
                  include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.alpha, self.beta = check_tversky(alpha, beta)
         self.gamma = check_positive("gamma", gamma)
 

@@ -8,7 +8,7 @@ import torch
 
 from autoseg.losses._functional import masked_probabilities, one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 Matrix = Sequence[Sequence[float]] | torch.Tensor | None
@@ -91,14 +91,17 @@ def gwdl_loss(
 @register_loss("gwdl", category="region", function=gwdl_loss,
                citation="Fidon et al. Generalised Wasserstein Dice score for imbalanced multi-class "
                         "segmentation using holistic convolutional networks. BrainLes 2017 (arXiv:1707.00478)")
-class GWDLLoss(_RegionLoss):
+class GWDLLoss(RegionLoss):
     """Generalised Wasserstein Dice loss: Dice whose errors are weighed by a class-distance matrix."""
 
-    def __init__(self, distance_matrix: Matrix = None, batch: bool = False, smooth: float = 1e-5,
+    def __init__(self, distance_matrix: Matrix = None, *, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, True, batch, smooth, reduction)
+        # No include_background argument: alpha_0 = M[0, 0] = 0 leaves the background out of TP already,
+        # while its voxels' Wasserstein errors always count.
+        super().__init__(include_background=True, batch=batch, smooth=smooth, ignore_index=ignore_index,
+                         reduction=reduction)
         self.distance_matrix = check_distance_matrix(distance_matrix)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return gwdl_loss(logits, target, self.distance_matrix, self.ignore_index, self.batch, self.smooth,
-                         self.reduction)
+        return gwdl_loss(logits, target, self.distance_matrix, ignore_index=self.ignore_index, batch=self.batch,
+                         smooth=self.smooth, reduction=self.reduction)

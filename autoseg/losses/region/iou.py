@@ -6,7 +6,7 @@ import torch
 
 from autoseg.losses._functional import reduce, select_classes, soft_region_counts
 from autoseg.losses._validation import check_positive, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -44,12 +44,13 @@ def iou_loss(
 @register_loss("iou", category="region", function=iou_loss,
                citation="Rahman, Wang. Optimizing intersection-over-union in deep neural networks for image "
                         "segmentation. ISVC 2016")
-class IoULoss(_RegionLoss):
+class IoULoss(RegionLoss):
     """Soft IoU (Jaccard) loss: 1 - mean over classes of the soft Jaccard index."""
 
-    def __init__(self, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+    def __init__(self, *, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return iou_loss(logits, target, **self.region_kwargs())

@@ -8,7 +8,8 @@ import torch
 
 from autoseg.losses._functional import reduce
 from autoseg.losses._validation import check_positive, check_reduction
-from autoseg.losses.region.dice import _RegionLoss, soft_dice_per_class
+from autoseg.losses.base import RegionLoss
+from autoseg.losses.region.dice import soft_dice_per_class
 from autoseg.losses.registry import register_loss
 
 
@@ -50,12 +51,13 @@ def log_cosh_dice_loss(
 @register_loss("log_cosh_dice", category="region", function=log_cosh_dice_loss,
                citation="Jadon. A survey of loss functions for semantic segmentation. CIBCB 2020 "
                         "(arXiv:2006.14822)")
-class LogCoshDiceLoss(_RegionLoss):
+class LogCoshDiceLoss(RegionLoss):
     """Log-cosh Dice loss: log(cosh(soft Dice loss))."""
 
-    def __init__(self, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
+    def __init__(self, *, include_background: bool = False, batch: bool = False, smooth: float = 1e-5,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return log_cosh_dice_loss(logits, target, **self.region_kwargs())

@@ -6,7 +6,7 @@ import torch
 
 from autoseg.losses._functional import one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_logits_target, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 _CLASSES = ("present", "all")
@@ -98,14 +98,16 @@ def lovasz_loss(
 @register_loss("lovasz", category="region", function=lovasz_loss,
                citation="Berman, Triki, Blaschko. The Lovasz-Softmax loss: a tractable surrogate for the "
                         "optimization of the intersection-over-union measure. CVPR 2018 (arXiv:1705.08790)")
-class LovaszLoss(_RegionLoss):
+class LovaszLoss(RegionLoss):
     """Lovász-Softmax loss: convex surrogate of the Jaccard loss, averaged over present classes."""
 
-    def __init__(self, classes: str = "present", include_background: bool = True, batch: bool = True,
+    def __init__(self, classes: str = "present", *, include_background: bool = True, batch: bool = True,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, 0.0, reduction)
+        # No smooth argument: the Lovász extension has no ratio to smooth.
+        super().__init__(include_background=include_background, batch=batch, smooth=0.0,
+                         ignore_index=ignore_index, reduction=reduction)
         self.classes = check_classes(classes)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return lovasz_loss(logits, target, self.classes, self.ignore_index, self.include_background, self.batch,
-                           self.reduction)
+        return lovasz_loss(logits, target, self.classes, ignore_index=self.ignore_index,
+                           include_background=self.include_background, batch=self.batch, reduction=self.reduction)

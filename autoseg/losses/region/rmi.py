@@ -6,7 +6,6 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from autoseg.losses._functional import (
     gathered_log_probabilities,
@@ -16,7 +15,8 @@ from autoseg.losses._functional import (
     reduce,
     valid_mask,
 )
-from autoseg.losses._validation import check_logits_target, check_probability, check_reduction
+from autoseg.losses._validation import check_bool, check_logits_target, check_probability, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.registry import register_loss
 
 # Added to covariance matrices before inversion and Cholesky, as the reference code (_POS_ALPHA).
@@ -30,10 +30,27 @@ def check_int(name: str, value: int, minimum: int) -> int:
 
 
 def _pool(x: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
+    """Window means of ``x`` over ``factors``-sized windows placed as the reference code's.
+
+    The reference code (Zhao et al.'s ``rmi.py``, ``rmi_pool_way=1``) average-pools with
+    ``padding=pool_size // 2``: border voxels fall into windows that hang over the edge, and an axis
+    of ``s`` voxels gives ``s // f + 1`` cells for an even factor ``f``. Callers divide two such pools
+    (values over counted voxels), so the padding counts as ignored voxels, not as zeros in the mean.
+    """
     if all(f == 1 for f in factors):
         return x
     pool = F.avg_pool2d if x.ndim == 4 else F.avg_pool3d
-    return pool(x, kernel_size=factors, stride=factors)
+    return pool(x, kernel_size=factors, stride=factors, padding=tuple(f // 2 for f in factors))
+
+
+def _cells(size: int, factor: int) -> int:
+    """Number of pooled cells along an axis of ``size`` voxels (avg_pool's count with padding factor // 2)."""
+    return (size + 2 * (factor // 2) - factor) // factor + 1
+
+
+def _factor(size: int, pool: int, radius: int) -> int:
+    # The largest factor up to ``pool`` that still leaves ``radius`` cells (1 when none does).
+    return next((f for f in range(pool, 1, -1) if _cells(size, f) >= radius), 1)
 
 
 def rmi_lower_bound(
@@ -44,9 +61,9 @@ def rmi_lower_bound(
     ``probs`` and ``onehot`` are ``[B, C, *spatial]``; ``mask`` ``[B, *spatial]`` marks counted voxels.
     """
     spatial = probs.shape[2:]
-    # Down-sample by ``pool`` (average, no padding: a last partial window is dropped, as the reference
-    # code), less on axes that would keep fewer than ``radius`` cells.
-    factors = tuple(pool if s // pool >= radius else max(1, s // radius) for s in spatial)
+    # Down-sample by ``pool`` (average over windows placed as the reference code's, padding pool // 2),
+    # less on axes that would keep fewer than ``radius`` cells.
+    factors = tuple(_factor(s, pool, radius) for s in spatial)
     w = torch.ones_like(probs[:, :1]) if mask is None else mask.unsqueeze(1).to(probs.dtype)
     w_pooled = _pool(w, factors)
     norm = w_pooled.clamp_min(torch.finfo(probs.dtype).tiny)
@@ -96,7 +113,7 @@ def rmi_loss(
 ) -> torch.Tensor:
     r"""Region Mutual Information loss, added to cross-entropy.
 
-    .. math:: L = \lambda\, L_{CE} + (1 - \lambda) \frac{1}{|C|} \sum_c \frac{1}{2d}
+    .. math:: L = \lambda\, L_{CE} + (1 - \lambda) \sum_c \frac{1}{2d}
               \log\det\big(\Sigma_{Y|P} + \tfrac{\epsilon}{M} I\big), \quad
               \Sigma_{Y|P} = \Sigma_Y - \Sigma_{YP} (\Sigma_P + \tfrac{\epsilon}{M} I)^{-1} \Sigma_{YP}^T
 
@@ -107,7 +124,9 @@ def rmi_loss(
     determinant is minus a lower bound of the mutual information (up to a constant). λ =
     ``ce_weight`` = 0.5 as the reference code's default; ``ce_weight=0`` is RMI alone, which is
     invariant to affine maps of the prediction (an inverted prediction scores as well as a perfect
-    one), hence the cross-entropy.
+    one), hence the cross-entropy. The RMI term is SUMMED over the kept classes, as the reference
+    code (``_IS_SUM = 1``): with λ = 0.5 the CE : RMI balance is the reference's, and the RMI
+    term's weight grows with the number of classes (averaging would divide it by C).
 
     M is the number of neighbourhood vectors and ε = 5e-4 (the reference code adds ε I to scatter
     matrices, i.e. M x covariances: dividing both by M keeps its gradients exactly and drops its
@@ -118,6 +137,8 @@ def rmi_loss(
     adds the per-channel binary cross-entropy);
     ignored voxels are left out of the pooled cells and every neighbourhood touching an all-ignored
     cell is left out of the covariances (the code zeroes them, so they still count as vectors);
+    pooling windows are placed as the code's (``padding = pool // 2``) but a cell is the mean over
+    its real voxels (the code's ``avg_pool2d`` counts the zero padding, diluting border cells);
     axes too short for ``pool`` are pooled less and axes with fewer than ``radius`` cells use a
     shorter neighbourhood, so small deep-supervision outputs never fail. ``reduction`` acts on
     per-case values.
@@ -141,7 +162,7 @@ def rmi_loss(
     per_class = rmi_lower_bound(probs, onehot, mask, radius, pool)
     if not include_background:
         per_class = per_class[:, 1:]
-    rmi = reduce(per_class.mean(1), reduction)
+    rmi = reduce(per_class.sum(1), reduction)  # summed over classes, as the reference code (_IS_SUM = 1)
     if ce_weight == 0:
         return rmi
     logp, _ = gathered_log_probabilities(logits, target, mask)
@@ -152,19 +173,18 @@ def rmi_loss(
 @register_loss("rmi", category="region", function=rmi_loss,
                citation="Zhao, Wang, Cai, Liu. Region mutual information loss for semantic segmentation. "
                         "NeurIPS 2019 (arXiv:1910.12037)")
-class RMILoss(nn.Module):
+class RMILoss(SegmentationLoss):
     """Region Mutual Information loss: CE plus 0.5 log det of the label covariance given the prediction."""
 
-    def __init__(self, radius: int = 3, pool: int = 4, ce_weight: float = 0.5, include_background: bool = True,
+    def __init__(self, radius: int = 3, pool: int = 4, ce_weight: float = 0.5, *, include_background: bool = True,
                  ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__()
+        # A SegmentationLoss, not a RegionLoss: RMI is per case (no batch) and has no ratio to smooth.
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.radius = check_int("radius", radius, 1)
         self.pool = check_int("pool", pool, 1)
         self.ce_weight = check_probability("ce_weight", ce_weight)
-        self.include_background = bool(include_background)
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
+        self.include_background = check_bool("include_background", include_background)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return rmi_loss(logits, target, self.radius, self.pool, self.ce_weight, self.ignore_index,
-                        self.include_background, self.reduction)
+        return rmi_loss(logits, target, self.radius, self.pool, self.ce_weight, ignore_index=self.ignore_index,
+                        include_background=self.include_background, reduction=self.reduction)

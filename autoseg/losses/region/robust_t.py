@@ -9,6 +9,7 @@ from torch import nn
 
 from autoseg.losses._functional import masked_probabilities, one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -66,21 +67,21 @@ def robust_t_loss(
     return reduce(per_case, reduction)
 
 
-@register_loss("robust_t", category="region", function=robust_t_loss, learnable=True,
+@register_loss("robust_t", category="region", function=robust_t_loss,
                citation="Gonzalez-Jimenez et al. Robust T-loss for medical image segmentation. MICCAI 2023 "
                         "(arXiv:2306.00753)")
-class RobustTLoss(nn.Module):
+class RobustTLoss(SegmentationLoss):
     """Robust T-loss: Student-t negative log-likelihood of the residual, degrees of freedom learned."""
 
-    def __init__(self, nu: float = 1.0, epsilon: float = 1e-8, ignore_index: int | None = None,
+    learnable = True
+
+    def __init__(self, nu: float = 1.0, epsilon: float = 1e-8, *, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__()
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
         nu = check_positive("nu", nu)
         self.epsilon = check_positive("epsilon", epsilon)
         # The learned degrees of freedom, stored as log(nu); part of state_dict and parameters().
         self.log_nu = nn.Parameter(torch.tensor(math.log(nu), dtype=torch.float32))
-        self.ignore_index = ignore_index
-        self.reduction = check_reduction(reduction)
 
     @property
     def nu(self) -> torch.Tensor:
@@ -88,4 +89,5 @@ class RobustTLoss(nn.Module):
         return self.log_nu.detach().exp() + self.epsilon
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return robust_t_loss(logits, target, self.log_nu, self.epsilon, self.ignore_index, self.reduction)
+        return robust_t_loss(logits, target, self.log_nu, self.epsilon, ignore_index=self.ignore_index,
+                             reduction=self.reduction)

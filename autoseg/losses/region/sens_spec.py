@@ -13,7 +13,7 @@ from autoseg.losses._functional import (
     valid_mask,
 )
 from autoseg.losses._validation import check_logits_target, check_positive, check_probability, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -67,12 +67,13 @@ def sens_spec_loss(
 @register_loss("sens_spec", category="region", function=sens_spec_loss,
                citation="Brosch et al. Deep convolutional encoder networks for multiple sclerosis lesion "
                         "segmentation. MICCAI 2015")
-class SensSpecLoss(_RegionLoss):
+class SensSpecLoss(RegionLoss):
     """Sensitivity-specificity loss: r * error on reference voxels + (1 - r) * error elsewhere."""
 
-    def __init__(self, r: float = 0.05, include_background: bool = False, batch: bool = False,
+    def __init__(self, r: float = 0.05, *, include_background: bool = False, batch: bool = False,
                  smooth: float = 1e-5, ignore_index: int | None = None, reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.r = check_probability("r", r)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

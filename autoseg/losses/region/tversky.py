@@ -6,7 +6,7 @@ import torch
 
 from autoseg.losses._functional import reduce, select_classes, soft_region_counts
 from autoseg.losses._validation import check_positive, check_reduction
-from autoseg.losses.region.dice import _RegionLoss
+from autoseg.losses.base import RegionLoss
 from autoseg.losses.registry import register_loss
 
 
@@ -51,10 +51,10 @@ def tversky_loss(
 
     Salehi, Erdogmus, Gholipour, "Tversky loss function for image segmentation using 3D fully
     convolutional deep networks", MLMI 2017 (arXiv:1706.05721). ``alpha`` weighs FALSE NEGATIVES and
-    ``beta`` FALSE POSITIVES (papers and libraries swap the letters: MONAI and kornia use ``alpha``
-    for false positives); the default 0.7 / 0.3 is Salehi's best setting, which punishes missed
-    foreground more. ``alpha = beta = 0.5`` is :func:`dice_loss`, ``alpha = beta = 1`` is
-    :func:`iou_loss`.
+    ``beta`` FALSE POSITIVES, as in the survey's notation; Salehi et al.'s paper, MONAI and kornia use
+    the opposite letters (their α weighs false positives). The default 0.7 / 0.3 is Salehi's best
+    setting (written α = 0.3, β = 0.7 in the paper), which punishes missed foreground more.
+    ``alpha = beta = 0.5`` is :func:`dice_loss`, ``alpha = beta = 1`` is :func:`iou_loss`.
 
     Example:
         >>> logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]]]])  # p = 0.5 everywhere
@@ -72,13 +72,14 @@ def tversky_loss(
 @register_loss("tversky", category="region", function=tversky_loss,
                citation="Salehi, Erdogmus, Gholipour. Tversky loss function for image segmentation using 3D "
                         "fully convolutional deep networks. MLMI 2017 (arXiv:1706.05721)")
-class TverskyLoss(_RegionLoss):
+class TverskyLoss(RegionLoss):
     """Tversky loss: 1 - mean over classes of TP / (TP + alpha FN + beta FP)."""
 
-    def __init__(self, alpha: float = 0.7, beta: float = 0.3, include_background: bool = False,
+    def __init__(self, alpha: float = 0.7, beta: float = 0.3, *, include_background: bool = False,
                  batch: bool = False, smooth: float = 1e-5, ignore_index: int | None = None,
                  reduction: str = "mean"):
-        super().__init__(ignore_index, include_background, batch, smooth, reduction)
+        super().__init__(include_background=include_background, batch=batch, smooth=smooth,
+                         ignore_index=ignore_index, reduction=reduction)
         self.alpha, self.beta = check_tversky(alpha, beta)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
