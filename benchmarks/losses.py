@@ -60,10 +60,17 @@ def _step_fn(name: str, batch: int, classes: int, spatial: tuple[int, ...], devi
     loss = build_loss(name).to(device)
     logits = torch.randn(batch, classes, *spatial, device=device, requires_grad=True)
     target = torch.randint(0, classes, (batch, *spatial), device=device)
+    # Ground-truth maps are computed by nnU-Net's augmentation workers, not in the loss (see
+    # docs/losses.md): hand them in, so that this measures the loss as the trainer runs it. Their
+    # worker-side cost is measured by benchmarks/boundary_epoch.py.
+    from autoseg.losses.maps import MAP_KINDS, compute_maps_torch, extra_input_kinds
+
+    kinds = extra_input_kinds(loss)
+    maps = compute_maps_torch(target, classes, kinds) if kinds and set(kinds) <= set(MAP_KINDS) else {}
 
     def step():
         logits.grad = None
-        loss(logits, target).backward()
+        loss(logits, target, **maps).backward()
     return step
 
 

@@ -9,11 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
 
 from autoseg.losses import SegmentationLoss, build_loss
+from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
+from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings, split_target
 
 # Keys of a configuration's "autoseg" block in the plans file that set the training schedule.
 BUDGET_KEYS = {
@@ -50,6 +54,9 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
                 value = block["budget"][key]
                 setattr(self, attr, type(getattr(self, attr))(value))
         self.autoseg_loss: SegmentationLoss | None = None
+        # Map kinds the augmentation workers append to each scale's target (see maps_transform.py);
+        # None until the data pipeline is built, empty tuples when the loss needs no map.
+        self.maps_layout: list[tuple[str, ...]] | None = None
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
 
@@ -67,18 +74,130 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         if self.dataset_json.get("autoseg", {}).get("natural_image", False):
             # Street scenes have no background class: class 0 (road, sky) must be trained like any other.
             context["include_background"] = True
-        return build_loss(self.loss_name, context=context, **self.loss_args).to(self.device)
+        loss = build_loss(self.loss_name, context=context, **self.loss_args).to(self.device)
+        for module in loss.modules():
+            # Losses that compute maps of the prediction themselves (hausdorff_dt) measure them in
+            # the plan's spacing, the unit of the ground-truth maps the workers hand them.
+            if hasattr(module, "spacing") and module.spacing is None:
+                module.spacing = tuple(float(s) for s in self.configuration_manager.spacing)
+        return loss
+
+    def deep_supervision_weights(self) -> list[float] | None:
+        """nnU-Net's weighting: 1/2^i per scale, the coarsest ignored, normalised to sum 1 (None without DS)."""
+        if not self.enable_deep_supervision:
+            return None
+        weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
+        weights[-1] = 1e-6 if self.is_ddp else 0
+        return list(weights / weights.sum())
 
     def _build_loss(self):
         if self.autoseg_loss is None:
             self.autoseg_loss = self.build_autoseg_loss()
-        loss = self.autoseg_loss
+        return DeepSupervisionLoss(self.autoseg_loss, self.deep_supervision_weights())
+
+    def compute_loss(self, output, target, extras: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """The training and validation loss of one batch: the one place both steps call.
+
+        ``output`` is the network's output (a list per scale with deep supervision), ``target`` the
+        label maps as nnU-Net hands them, ``extras`` one dict of keyword tensors per scale (the
+        maps the workers computed). Subclasses add terms here (auxiliary heads).
+        """
+        return self.loss(output, target, extras)
+
+    # ------------------------------------------------------- maps in the workers
+    def _maps_transform(self, deep_supervision_scales) -> LossMapsTransform | None:
+        if self.autoseg_loss is None:
+            self.autoseg_loss = self.build_autoseg_loss()
+        weights = self.deep_supervision_weights() if deep_supervision_scales is not None else None
+        self.maps_layout = map_kinds_per_scale(self.autoseg_loss, weights)
+        if not any(self.maps_layout):
+            return None  # a loss that needs no map pays nothing
+        spacings = scale_spacings(self.configuration_manager.spacing, self.configuration_manager.patch_size,
+                                  deep_supervision_scales)
+        return LossMapsTransform(self.maps_layout, self.label_manager.num_segmentation_heads, spacings,
+                                 self.label_manager.ignore_label)
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        transforms = nnUNetTrainer.get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
+            regions=regions, ignore_label=ignore_label)
+        maps = self._maps_transform(deep_supervision_scales)
+        if maps is not None:
+            transforms.transforms.append(maps)  # last: after spatial augmentation and DS down-sampling
+        return transforms
+
+    def get_validation_transforms(self, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
+                                  regions=None, ignore_label=None):
+        transforms = nnUNetTrainer.get_validation_transforms(
+            deep_supervision_scales, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
+            regions=regions, ignore_label=ignore_label)
+        maps = self._maps_transform(deep_supervision_scales)
+        if maps is not None:
+            transforms.transforms.append(maps)
+        return transforms
+
+    def split_batch_target(self, target):
+        """``(labels, extras)`` of a collated batch target (maps unpacked, see maps_transform.py)."""
+        return split_target(target, self.maps_layout if self.maps_layout and any(self.maps_layout) else None,
+                            self.label_manager.num_segmentation_heads)
+
+    # ------------------------------------------------------------- steps
+    def _to_device(self, x):
+        if isinstance(x, list):
+            return [self._to_device(i) for i in x]
+        if isinstance(x, dict):
+            return {k: self._to_device(v) for k, v in x.items()}
+        return x.to(self.device, non_blocking=True)
+
+    def train_step(self, batch: dict) -> dict:
+        # nnU-Net's train_step, with the target unpacked into labels and maps and the loss taken
+        # from compute_loss.
+        data = batch["data"].to(self.device, non_blocking=True)
+        target, extras = self.split_batch_target(batch["target"])
+        target, extras = self._to_device(target), self._to_device(extras)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            loss = self.compute_loss(output, target, extras)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net's validation_step (softmax case; region-based datasets are rejected when the loss
+        # is built), with the same unpacking and compute_loss as train_step.
+        data = batch["data"].to(self.device, non_blocking=True)
+        target, extras = self.split_batch_target(batch["target"])
+        target, extras = self._to_device(target), self._to_device(extras)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            del data
+            loss = self.compute_loss(output, target, extras)
         if self.enable_deep_supervision:
-            # nnU-Net's weighting: 1/2^i per scale, the coarsest ignored, normalised to sum 1.
-            weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
-            weights[-1] = 1e-6 if self.is_ddp else 0
-            loss = DeepSupervisionWrapper(loss, weights / weights.sum())
-        return loss
+            output, target = output[0], target[0]
+        axes = [0] + list(range(2, output.ndim))
+        output_seg = output.argmax(1)[:, None]
+        predicted_onehot = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+        predicted_onehot.scatter_(1, output_seg, 1)
+        del output_seg
+        mask = None
+        if self.label_manager.has_ignore_label:
+            mask = (target != self.label_manager.ignore_label).float()
+            target = torch.where(target == self.label_manager.ignore_label, torch.zeros_like(target), target)
+        tp, fp, fn, _ = get_tp_fp_fn_tn(predicted_onehot, target, axes=axes, mask=mask)
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
+                "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:]}
 
     def configure_optimizers(self):
         # Some losses own parameters (robust_t learns its degrees of freedom): they train with the network.

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autoseg.losses import CATEGORIES, build_loss, get_loss_info, list_losses
+from autoseg.losses.maps import MAP_KINDS, compute_maps_torch
 
 C = 3
 IGNORE = 255
@@ -275,6 +276,29 @@ def test_loss_with_extra_inputs_works_standalone(name, dim):
     inverted = torch.nn.functional.one_hot((clean + 1) % C, C).movedim(-1, 1).float()
     plain = make(name)
     assert plain(20 * onehot, clean) < plain(logits, clean) < plain(20 * inverted, clean)
+
+
+MAP_LOSSES = [n for n in EXTRA_LOSSES if set(get_loss_info(n).extra_inputs) <= set(MAP_KINDS)]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name", MAP_LOSSES)
+def test_maps_handed_in_equal_standalone(name, dim, batch):
+    # The trainer hands in maps the workers computed with autoseg.losses.maps; value and gradient must
+    # be those of the standalone call, which computes the same maps from the target.
+    logits, target = inputs(dim, seed=11, ignore=True)
+    loss = make(name, ignore_index=IGNORE, batch=batch, reduction="none")
+    maps = compute_maps_torch(target, C, get_loss_info(name).extra_inputs, ignore_index=IGNORE)
+    v1, g1 = value_and_grad(loss, logits, target)
+    x = logits.clone().requires_grad_(True)
+    v2 = loss(x, target, **maps)
+    v2.sum().backward()
+    torch.testing.assert_close(v2.detach(), v1, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, g1, rtol=0, atol=0)
+    # and inside a compound, which passes each component only its own maps
+    compound = build_loss(f"dice+{name}", ignore_index=IGNORE)
+    torch.testing.assert_close(compound(logits, target, **maps), compound(logits, target), rtol=0, atol=0)
 
 
 def _probe_loss(logits, target, weight_map=None, ignore_index=None, reduction="mean"):

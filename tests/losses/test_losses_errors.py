@@ -54,6 +54,11 @@ BAD_VALUES = [
     ("dice_topk", {"weight_dice": -1}, "weight"), ("dice_topk", {"weight_topk": -1}, "weight"),
     ("dice_focal", {"weight_dice": -1}, "weight"), ("dice_focal", {"weight_focal": -1}, "weight"),
     ("dice_focal", {"weight_dice": 0, "weight_focal": 0}, "weight"),
+    ("boundary", {"alpha_start": -0.01}, "alpha_start"), ("boundary", {"alpha_step": -1}, "alpha_step"),
+    ("boundary", {"alpha_max": -1}, "alpha_max"), ("boundary", {"spacing": (1.0, 0.0)}, "spacing"),
+    ("hausdorff_dt", {"alpha": 0}, "alpha"), ("hausdorff_dt", {"spacing": (1.0, -2.0)}, "spacing"),
+    ("dmce", {"spacing": (float("nan"), 1.0)}, "spacing"), ("region_wise", {"spacing": (0, 1)}, "spacing"),
+    ("skeleton_recall", {"weight": -1}, "weight"), ("skeleton_recall", {"smooth_recall": 0}, "smooth_recall"),
 ]
 
 
