@@ -53,6 +53,10 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     architecture: str = "cnn"
     plan: dict[str, Any] | None = None  # what the planner chose, its estimate and the overrides
+    natural_image: bool = False
+    # natural images: dataset-level IoU of every class (class 0 included) over the validation images of the folds
+    validation_scores: Any = None  # autoseg.evaluation.summary.Scores
+    test_set: dict[str, Any] | None = None  # autoseg.heldout.run_test_set: decision, predictions and their scores
 
     @property
     def per_class_dice(self) -> dict[str, float]:
@@ -75,10 +79,25 @@ class RunResult:
         values = [v for v in self.per_class_dice.values() if np.isfinite(v)]
         return float(np.mean(values)) if values else float("nan")
 
+    def headline(self) -> dict[str, Any]:
+        """The number to read first: mIoU over all classes (natural images, PROTOCOL.md), else mean foreground Dice."""
+        if self.natural_image and self.validation_scores is not None:
+            s = self.validation_scores
+            return {"metric": "mIoU", "value": s.mean, "aggregation": s.aggregation, "description": s.headline}
+        return {"metric": "mean foreground Dice", "value": self.mean_dice, "aggregation": "per_case",
+                "description": "nnU-Net's validation Dice per class, averaged over cases, background left out"}
+
     def as_dict(self) -> dict[str, Any]:
+        if self.natural_image and self.validation_scores is not None:
+            scores = {"miou": self.validation_scores.mean, "per_class_iou": self.validation_scores.per_class,
+                      "validation": self.validation_scores.as_dict()}
+        else:
+            scores = {"mean_dice": self.mean_dice, "per_class_dice": self.per_class_dice}
         return {
-            "mean_dice": self.mean_dice,
-            "per_class_dice": self.per_class_dice,
+            "headline": self.headline(),
+            **scores,
+            "natural_image": self.natural_image,
+            "test_set": self.test_set,
             "folds": [f.fold for f in self.folds],
             "n_validation_cases": sum(len(f.per_case) for f in self.folds),
             "loss": self.loss,
@@ -270,6 +289,8 @@ def plan_and_train(
     limit_cases: int | None = None,
     arch: str = "cnn",
     plan: Any = None,
+    test_set: str = "auto",
+    test_per_fold: bool = False,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Plan, preprocess, train and validate ``loss`` on ``dataset`` with nnU-Net; see ``autoseg plan_and_train -h``.
@@ -282,6 +303,10 @@ def plan_and_train(
     replaces the preset ``budget``: the planner chooses patch, batch, network and schedule for
     this machine, as ``autoseg plan`` does, and the fold's ``autoseg.json`` records the plan,
     its estimate and every override.
+
+    ``test_set`` (auto, on, off): after training, predict the dataset's held-out test set (``imagesTs``) with
+    the ensemble of the trained folds (and, with ``test_per_fold``, each fold) and score it against ``labelsTs``;
+    ``auto`` does so where it is cheap (:func:`autoseg.heldout.decide`).
     """
     t_start = time.time()
     from autoseg.trainers.factory import make_trainer_class, record_variant
@@ -299,6 +324,10 @@ def plan_and_train(
     if configuration not in CONFIGURATIONS:
         raise PipelineError(f"configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
     parse_folds(folds, n_folds=10**6)  # syntax errors before any work
+    from autoseg.heldout import MODES as TEST_SET_MODES
+
+    if test_set not in TEST_SET_MODES:
+        raise PipelineError(f"test_set must be one of {', '.join(TEST_SET_MODES)}, got {test_set!r}")
     from autoseg.plans.architectures import check_architecture
 
     try:
@@ -336,14 +365,35 @@ def plan_and_train(
     run_dir = dirs.results / ds.name / f"{trainer_name}__{PLANS}__{config_name}"
     result = RunResult(ds.name, config_name, loss, loss_args, budget.name, trainer_name, str(torch_device), run_dir,
                        {k: int(v) for k, v in ds.dataset_json["labels"].items() if not isinstance(v, list)},
-                       timings=timings, architecture=arch, plan=plan_record)
+                       timings=timings, architecture=arch, plan=plan_record,
+                       natural_image=bool(ds.dataset_json.get("autoseg", {}).get("natural_image", False)))
     for i, fold in enumerate(fold_list):
         log(f"[4/4] fold {fold} ({i + 1}/{len(fold_list)}): training {trainer_name} on {config_name}, "
             f"budget {budget.name!r}, device {torch_device}")
         result.folds.append(_train_fold(quiet_cls, plans_file, ds, config_name, run_dir / f"fold_{fold}", fold,
                                         torch_device, budget, loss, loss_args, log, arch, plan_record))
+    if result.natural_image:
+        result.validation_scores = _natural_validation_scores(result, dirs.preprocessed / ds.name, ds.dataset_json)
+    t0 = time.time()
+    result.test_set = _test_set_step(test_set, ds, run_dir, torch_device, test_per_fold, log)
+    timings["test_set"] = time.time() - t0
     timings["total"] = time.time() - t_start
     return result
+
+
+def _natural_validation_scores(result: RunResult, preprocessed_dataset: Path, dataset_json: dict):
+    """nnU-Net's validation summary leaves label 0 out; natural images need every class, from one confusion matrix."""
+    from autoseg.evaluation.summary import validation_scores
+
+    return validation_scores([f.output_dir for f in result.folds], preprocessed_dataset / "gt_segmentations",
+                             dataset_json)
+
+
+def _test_set_step(mode: str, ds: ResolvedDataset, run_dir: Path, device, per_fold: bool,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    from autoseg.heldout import run_test_set
+
+    return run_test_set(mode, ds.raw_dir, ds.dataset_json, run_dir, device, per_fold=per_fold, log=log)
 
 
 def _add_planned_configuration(plans_file: Path, configuration: str, request, arch: str, ds: ResolvedDataset,
