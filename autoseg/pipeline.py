@@ -42,6 +42,10 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     architecture: str = "cnn"
     plan: dict[str, Any] | None = None  # what the planner chose, its estimate and the overrides
+    natural_image: bool = False
+    # natural images: dataset-level IoU of every class (class 0 included) over the validation images of the folds
+    validation_scores: Any = None  # autoseg.evaluation.summary.Scores
+    test_set: dict[str, Any] | None = None  # autoseg.heldout.run_test_set: decision, predictions and their scores
 
     @property
     def per_class_dice(self) -> dict[str, float]:
@@ -64,10 +68,25 @@ class RunResult:
         values = [v for v in self.per_class_dice.values() if np.isfinite(v)]
         return float(np.mean(values)) if values else float("nan")
 
+    def headline(self) -> dict[str, Any]:
+        """The number to read first: mIoU over all classes (natural images, PROTOCOL.md), else mean foreground Dice."""
+        if self.natural_image and self.validation_scores is not None:
+            s = self.validation_scores
+            return {"metric": "mIoU", "value": s.mean, "aggregation": s.aggregation, "description": s.headline}
+        return {"metric": "mean foreground Dice", "value": self.mean_dice, "aggregation": "per_case",
+                "description": "nnU-Net's validation Dice per class, averaged over cases, background left out"}
+
     def as_dict(self) -> dict[str, Any]:
+        if self.natural_image and self.validation_scores is not None:
+            scores = {"miou": self.validation_scores.mean, "per_class_iou": self.validation_scores.per_class,
+                      "validation": self.validation_scores.as_dict()}
+        else:
+            scores = {"mean_dice": self.mean_dice, "per_class_dice": self.per_class_dice}
         return {
-            "mean_dice": self.mean_dice,
-            "per_class_dice": self.per_class_dice,
+            "headline": self.headline(),
+            **scores,
+            "natural_image": self.natural_image,
+            "test_set": self.test_set,
             "folds": [f.fold for f in self.folds],
             "n_validation_cases": sum(len(f.per_case) for f in self.folds),
             "loss": self.loss,
@@ -122,6 +141,8 @@ def plan_and_train(
     store: str | os.PathLike | None = None,
     executor: str = "inline",
     jobs: int = 1,
+    test_set: str = "auto",
+    test_per_fold: bool = False,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Plan, preprocess, train and validate ``loss`` on ``dataset`` with nnU-Net; see ``autoseg plan_and_train -h``.
@@ -136,6 +157,10 @@ def plan_and_train(
     replaces the preset ``budget``: the planner chooses patch, batch, network and schedule for
     this machine, as ``autoseg plan`` does, and the record keeps the plan, its estimate and every
     override. ``seed`` other than 0 seeds training (and names the trainer ``..._seed<N>``).
+
+    ``test_set`` (auto, on, off): after training, predict the dataset's held-out test set (``imagesTs``) with
+    the ensemble of the trained folds (and, with ``test_per_fold``, each fold) and score it against ``labelsTs``;
+    ``auto`` does so where it is cheap (:func:`autoseg.heldout.decide`).
     """
     t_start = time.time()
     from autoseg.grid.runner import default_store, run_records
@@ -158,6 +183,10 @@ def plan_and_train(
     if configuration not in CONFIGURATIONS:
         raise PipelineError(f"configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
     parse_folds(folds, n_folds=10**6)  # syntax errors before any work
+    from autoseg.heldout import MODES as TEST_SET_MODES
+
+    if test_set not in TEST_SET_MODES:
+        raise PipelineError(f"test_set must be one of {', '.join(TEST_SET_MODES)}, got {test_set!r}")
     from autoseg.plans.architectures import check_architecture
 
     try:
@@ -182,7 +211,8 @@ def plan_and_train(
     runs = expand([target], [(loss, loss_args)], fold_list, [seed])
     run_dir = dirs.results / ds.name / runs[0].run_dir_name
     result = RunResult(ds.name, config_name, loss, loss_args, budget.name, trainer_name, str(torch_device), run_dir,
-                       prepared.labels, timings=timings, architecture=arch, plan=prepared.plan)
+                       prepared.labels, timings=timings, architecture=arch, plan=prepared.plan,
+                       natural_image=prepared.natural_image)
     log(f"[4/4] {len(runs)} fold(s) {', '.join(str(f) for f in fold_list)}: training {trainer_name} on {config_name}, "
         f"budget {budget.name!r}, device {torch_device}")
     outcome = run_records(runs, dirs, Store(store or default_store(dirs)), torch_device.type, executor=executor,
@@ -196,8 +226,27 @@ def plan_and_train(
         result.folds.append(FoldResult(int(rec.fold), dirs.results / run.run_id, rec.per_case,
                                        trained=run.run_id not in reused,
                                        seconds=0.0 if run.run_id in reused else float(rec.wall_seconds or 0.0)))
+    if result.natural_image:
+        result.validation_scores = _natural_validation_scores(result, dirs.preprocessed / ds.name, ds.dataset_json)
+    t0 = time.time()
+    result.test_set = _test_set_step(test_set, ds, run_dir, torch_device, test_per_fold, log)
+    timings["test_set"] = time.time() - t0
     timings["total"] = time.time() - t_start
     return result
+
+
+def _natural_validation_scores(result: RunResult, preprocessed_dataset: Path, dataset_json: dict):
+    """nnU-Net's validation summary leaves label 0 out; natural images need every class, from one confusion matrix."""
+    from autoseg.evaluation.summary import validation_scores
+
+    return validation_scores([f.output_dir for f in result.folds], preprocessed_dataset / "gt_segmentations",
+                             dataset_json)
+
+
+def _test_set_step(mode: str, ds, run_dir: Path, device, per_fold: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from autoseg.heldout import run_test_set
+
+    return run_test_set(mode, ds.raw_dir, ds.dataset_json, run_dir, device, per_fold=per_fold, log=log)
 
 
 __all__ = ["CONFIGURATIONS", "FoldResult", "N_FOLDS", "PLANS", "PipelineError", "RunResult", "parse_folds",

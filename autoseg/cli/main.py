@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # Each entry is a module of autoseg.cli with ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = ["plan_and_train", "benchmark", "losses", "nnunet_env", "convert", "evaluate", "report", "plan"]
+COMMANDS = ["plan_and_train", "benchmark", "losses", "nnunet_env", "convert", "evaluate", "report", "plan",
+            "predict_test", "train_inverseform"]
 
 
 def build_parser() -> argparse.ArgumentParser:

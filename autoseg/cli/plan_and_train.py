@@ -38,6 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="folds at once, each in its own process with its share of the cores (default 1: one after "
                         "another in this process, as `autoseg benchmark --executor inline`)")
     add_budget_arguments(p)
+    p.add_argument("--test-set", default="auto", choices=["auto", "on", "off"],
+                   help="after training, predict the dataset's held-out test set (imagesTs) with the ensemble of the "
+                        "trained folds (checkpoint_final.pth) and score it against labelsTs: auto = where it is cheap "
+                        "(a GPU, or on a CPU at most 25 M test voxels x folds in the ensemble); on; off "
+                        "(default: auto)")
+    p.add_argument("--test-per-fold", action="store_true",
+                   help="also predict and score the test set with each trained fold alone")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     return p
 
@@ -152,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, work_dir=args.work_dir, verify=args.verify,
             num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch, plan=plan,
             seed=args.seed, store=args.store, executor="local" if args.jobs > 1 else "inline", jobs=args.jobs,
+            test_set=args.test_set, test_per_fold=args.test_per_fold,
         )
 
     try:
@@ -186,10 +194,15 @@ def _print_summary(result) -> None:
     print(f"loss {d['loss']}{' ' + json.dumps(d['loss_args']) if d['loss_args'] else ''} on {d['dataset']} "
           f"({d['configuration']}, budget {d['budget']}, folds {', '.join(map(str, d['folds']))}, "
           f"{d['n_validation_cases']} validation cases)")
-    width = max(len(k) for k in d["per_class_dice"]) if d["per_class_dice"] else 5
-    for name, value in d["per_class_dice"].items():
-        print(f"  Dice {name:<{width}}  {value:.4f}")
-    print(f"  mean foreground Dice {d['mean_dice']:.4f}")
+    if "per_class_iou" in d:
+        v = d["validation"]
+        print("cross-validation (nnU-Net's validation predictions of the trained folds), IoU per class from one "
+              "confusion matrix over all validation images:")
+        _print_scores("IoU", v["per_class"], "mIoU", v["mean"], v["absent"])
+    else:
+        print("cross-validation (nnU-Net's validation summary), Dice per class averaged over cases:")
+        _print_scores("Dice", d["per_class_dice"], "mean foreground Dice", d["mean_dice"], [])
+    _print_test_set(d.get("test_set"))
     if d["reused_folds"]:
         print(f"  (folds {d['reused_folds']} were finished before and reused)")
     print(f"time: {d['timings_s'].get('total', 0):.0f} s in all, planning and preprocessing "
@@ -199,3 +212,34 @@ def _print_summary(result) -> None:
         print(f"  fold {fold}: {path} (checkpoint_final.pth, validation/summary.json, progress.png, autoseg.json)")
     print("nnU-Net can use these models directly, e.g.: eval \"$(autoseg nnunet-env)\" && nnUNetv2_predict "
           f"-d {d['dataset']} -c {d['configuration']} -tr {d['trainer']} -f {' '.join(map(str, d['folds']))} -i IN -o OUT")
+
+
+def _print_scores(metric: str, per_class: dict, mean_name: str, mean, absent: list) -> None:
+    width = max((len(k) for k in per_class), default=5)
+    for name, value in per_class.items():
+        shown = "  n/a (in no reference and no prediction)" if value is None or not math.isfinite(value) else f"{value:.4f}"
+        print(f"  {metric} {name:<{width}}  {shown}")
+    n = len(per_class) - len(absent)
+    print(f"  {mean_name} ({n} classes) {'n/a' if mean is None or not math.isfinite(mean) else f'{mean:.4f}'}")
+
+
+def _print_test_set(t: dict | None) -> None:
+    """The held-out test set, printed apart from the cross-validation so that neither is mistaken for the other."""
+    if not t:
+        return
+    if not t["predicted"]:
+        print(f"held-out test set: not predicted ({t['reason']})")
+        return
+    for p in t["predictions"]:
+        what = (f"ensemble of folds {', '.join(map(str, p['folds']))}" if p["name"] == "ensemble"
+                else f"fold {p['folds'][0]} alone")
+        timing = f", {p['mean_seconds_per_case']:.2f} s per case" if p.get("mean_seconds_per_case") else ""
+        print(f"held-out test set ({p['n_cases']} cases of imagesTs, {what}, checkpoint_final.pth{timing}): "
+              f"{p['folder']}")
+        s = p.get("scores")
+        if s is None:
+            print("  no labelsTs: predicted, not scored")
+        elif s["metric"] == "iou":
+            _print_scores("IoU", s["per_class"], "mIoU", s["mean"], s["absent"])
+        else:
+            _print_scores("Dice", s["per_class"], "mean foreground Dice", s["mean"], s["absent"])

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoseg.heldout import TEST_DIR
+
 _FOLDER_RE = re.compile(r"^(?P<trainer>.+?)__(?P<plans>.+?)__(?P<configuration>.+)$")
 
 
@@ -111,7 +113,9 @@ def find_runs(results: Path) -> list[Run]:
     for dirpath, dirnames, _ in os.walk(results):
         dirnames.sort()
         for d in list(dirnames):
-            if d.startswith("fold_"):
+            if d == TEST_DIR:  # held-out test predictions (their fold_N folders are not runs): heldout_scoring
+                dirnames.remove(d)
+            elif d.startswith("fold_"):
                 run = parse_run(Path(dirpath) / d)
                 if run is not None:
                     runs.append(run)

@@ -171,6 +171,7 @@ class Evaluation:
     runs_path: Path | None = None
     datasets: dict[str, DatasetInfo] = field(default_factory=dict)
     long_path: Path | None = None
+    test_runs: list[Run] = field(default_factory=list)  # held-out test-set predictions (fold: their predictor)
 
 
 def evaluate(results: Path, out: Path | None = None, preprocessed: Path | None = None, raw: Path | None = None,
@@ -202,6 +203,9 @@ def evaluate(results: Path, out: Path | None = None, preprocessed: Path | None =
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         _evaluate_runs(runs, rows, datasets, say, preprocessed, raw, tolerances, distances, pool)
+        from autoseg.evaluation.heldout_scoring import evaluate_test_sets
+
+        test_runs = evaluate_test_sets(runs, rows, say, preprocessed, raw, tolerances, distances, pool)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -211,10 +215,10 @@ def evaluate(results: Path, out: Path | None = None, preprocessed: Path | None =
     out = Path(out) if out else results / TABLE_NAME
     write_table(out, rows, TABLE_COLUMNS)
     runs_path = out.with_name(RUNS_NAME) if out.name == TABLE_NAME else out.with_name(out.stem + "_runs.csv")
-    write_table(runs_path, [r.as_row() for r in all_runs], RUNS_TABLE_COLUMNS)
+    write_table(runs_path, [r.as_row() for r in all_runs + test_runs], RUNS_TABLE_COLUMNS)
     long_path = out.with_name(out.stem + "_long.csv")
     write_table(long_path, long_rows(rows), LONG_COLUMNS)
-    return Evaluation(rows, all_runs, out, runs_path, datasets, long_path)
+    return Evaluation(rows, all_runs, out, runs_path, datasets, long_path, test_runs)
 
 
 def _evaluate_runs(runs: list[Run], rows: list[dict], datasets: dict[str, DatasetInfo], say: Callable[[str], None],

@@ -79,8 +79,8 @@ def long_rows(rows: Iterable[dict]) -> list[dict]:
     for r in rows:
         split = r.get("split") or SPLIT_CV
         group = f"{r['dataset']}/{r['configuration']}/{r['architecture']}/{r['plans']}/{r['budget']}"
-        if split != SPLIT_CV:
-            group += f" [{split}]"
+        if split != SPLIT_CV:  # test rows: one task per predictor (ensemble, fold_N), else cases would repeat
+            group += f" [{split}, {r['fold']}]"
         absent = bool(r.get("natural_image")) and bool(r.get("ref_empty")) and bool(r.get("pred_empty"))
         for metric, name in LONG_METRICS.items():
             v = r.get(metric)

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -291,11 +290,9 @@ def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = Non
         log(f"measuring this machine ({device}, {threads} threads): convolution, matmul and augmentation speed")
     costs = benchmark_machine(device)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autoseg_machine.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(costs), f, indent=2)
-        os.replace(tmp, path)
+        from autoseg.io import atomic_write_json
+
+        atomic_write_json(path, asdict(costs))
     return costs
 
 

@@ -18,6 +18,7 @@ from torch import autocast
 
 from autoseg.losses import SegmentationLoss, build_loss
 from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
+from autoseg.trainers.heads import CHECKPOINT_KEY, AuxiliaryHeads, head_requests
 from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings, split_target
 
 # Keys of a configuration's "autoseg" block in the plans file that set the training schedule.
@@ -60,6 +61,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         # Map kinds the augmentation workers append to each scale's target (see maps_transform.py);
         # None until the data pipeline is built, empty tuples when the loss needs no map.
         self.maps_layout: list[tuple[str, ...]] | None = None
+        #: training-only heads on the last decoder stage, built when the loss asks for any (see heads.py)
+        self.autoseg_heads: AuxiliaryHeads | None = None
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
 
@@ -110,9 +113,36 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
 
         ``output`` is the network's output (a list per scale with deep supervision), ``target`` the
         label maps as nnU-Net hands them, ``extras`` one dict of keyword tensors per scale (the
-        maps the workers computed). Subclasses add terms here (auxiliary heads).
+        maps the workers computed). The auxiliary heads' outputs of this same forward pass join the
+        full-resolution scale's extras (the heads sit on the last decoder stage).
         """
+        if self.autoseg_heads is not None:
+            captured = self.autoseg_heads.pop_outputs()
+            if not captured:
+                raise RuntimeError("the loss asks for auxiliary heads but none were captured in this forward pass")
+            extras = [dict(e) for e in extras] if extras else [{} for _ in (output if isinstance(output, list) else [0])]
+            extras[0].update(captured)
         return self.loss(output, target, extras)
+
+    def _do_i_compile(self):
+        # The heads read the last decoder stage through a forward hook that stores tensors on a Python
+        # object; torch.compile's handling of such side effects is not something to rely on silently.
+        if self.autoseg_loss is None:
+            self.autoseg_loss = self.build_autoseg_loss()
+        heads, features = head_requests(self.autoseg_loss)
+        if heads or features:
+            return False
+        return super()._do_i_compile()
+
+    def build_autoseg_heads(self) -> AuxiliaryHeads | None:
+        """The auxiliary heads the loss asks for, hooked onto the network's last decoder stage (or ``None``)."""
+        dims = len(self.configuration_manager.patch_size)
+        heads = AuxiliaryHeads.for_loss(self.network, self.autoseg_loss, dims)
+        if heads is not None:
+            heads.to(self.device)
+            self.print_to_log_file(f"autoseg: training-only heads {heads.spec} on the last decoder stage "
+                                   f"({heads.in_channels} channels){' + decoder features' if heads.keep_features else ''}")
+        return heads
 
     # ------------------------------------------------------- maps in the workers
     def _maps_transform(self, deep_supervision_scales) -> LossMapsTransform | None:
@@ -213,10 +243,31 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         # Some losses own parameters (robust_t learns its degrees of freedom): they train with the network.
         if self.autoseg_loss is None:
             self.autoseg_loss = self.build_autoseg_loss()
+        if self.autoseg_heads is None:
+            self.autoseg_heads = self.build_autoseg_heads()
         params = list(self.network.parameters()) + list(self.autoseg_loss.parameters())
+        if self.autoseg_heads is not None:
+            params += list(self.autoseg_heads.parameters())
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
                                     nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.autoseg_heads is not None:
+            self.autoseg_heads.set_capture(True)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.autoseg_heads is not None:
+            self.autoseg_heads.set_capture(False)  # later forward passes (inference) compute no head
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # nnU-Net's sliding-window validation reuses self.network: no head may run there.
+        if self.autoseg_heads is None:
+            return super().perform_actual_validation(save_probabilities)
+        with self.autoseg_heads.capturing(False):
+            return super().perform_actual_validation(save_probabilities)
 
     def save_checkpoint(self, filename: str) -> None:
         # nnU-Net writes a checkpoint in place: a run killed during the write (a grid killed, a job
@@ -226,9 +277,14 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         super().save_checkpoint(partial)
         if not os.path.isfile(partial):  # another rank, or checkpointing disabled: nothing was written
             return
-        if self.autoseg_loss is not None and any(True for _ in self.autoseg_loss.parameters()):
+        learnable = self.autoseg_loss is not None and any(True for _ in self.autoseg_loss.parameters())
+        if learnable or self.autoseg_heads is not None:
+            # The network's weights stay nnU-Net's own entry; loss parameters and heads ride beside them.
             checkpoint = torch.load(partial, map_location="cpu", weights_only=False)
-            checkpoint["autoseg_loss_state"] = self.autoseg_loss.state_dict()
+            if learnable:
+                checkpoint["autoseg_loss_state"] = self.autoseg_loss.state_dict()
+            if self.autoseg_heads is not None:
+                checkpoint[CHECKPOINT_KEY] = self.autoseg_heads.checkpoint_state()
             torch.save(checkpoint, partial)
         os.replace(partial, filename)
 
@@ -239,6 +295,11 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
         if "autoseg_loss_state" in checkpoint and self.autoseg_loss is not None:
             self.autoseg_loss.load_state_dict(checkpoint["autoseg_loss_state"])
+        if self.autoseg_heads is not None:
+            if CHECKPOINT_KEY not in checkpoint:
+                raise ValueError("this loss trains auxiliary heads but the checkpoint holds none "
+                                 f"(no {CHECKPOINT_KEY!r} entry): it was written by a trainer without them")
+            self.autoseg_heads.load_checkpoint_state(checkpoint[CHECKPOINT_KEY])
 
     # ------------------------------------------------------------ progress
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):

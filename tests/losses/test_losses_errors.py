@@ -59,6 +59,20 @@ BAD_VALUES = [
     ("hausdorff_dt", {"alpha": 0}, "alpha"), ("hausdorff_dt", {"spacing": (1.0, -2.0)}, "spacing"),
     ("dmce", {"spacing": (float("nan"), 1.0)}, "spacing"), ("region_wise", {"spacing": (0, 1)}, "spacing"),
     ("skeleton_recall", {"weight": -1}, "weight"), ("skeleton_recall", {"smooth_recall": 0}, "smooth_recall"),
+    ("boundary_aware", {"num_bins": 1}, "num_bins"), ("boundary_aware", {"num_bins": 2.5}, "num_bins"),
+    ("boundary_aware", {"weight": -1}, "weight"),
+    ("inverseform", {"beta": -1}, "beta"), ("inverseform", {"gamma": float("nan")}, "gamma"),
+    ("inverseform", {"network": "/nonexistent/net.pt"}, "network"),
+    ("conditional_boundary", {"weight_a2c": -1}, "weight_a2c"), ("conditional_boundary", {"weight_a2pn": -1}, "weight_a2pn"),
+    ("conditional_boundary", {"temperature": 0}, "temperature"), ("conditional_boundary", {"radius": 0}, "radius"),
+    ("conditional_boundary", {"max_samples": 0}, "max_samples"),
+    ("conditional_boundary", {"embedding_dim": 0}, "embedding_dim"), ("conditional_boundary", {"seed": -1}, "seed"),
+    ("hausdorff_er", {"erosions": 0}, "erosions"), ("hausdorff_er", {"alpha": -1}, "alpha"),
+    ("hausdorff_er", {"weight_dice": -1}, "weight_dice"), ("boundary_dou", {"alpha_max": 1.0}, "alpha_max"),
+    ("cldice", {"alpha": 1.5}, "alpha"), ("cldice", {"iterations": -1}, "iterations"),
+    ("active_boundary", {"weight_ce": -1}, "weight_ce"), ("active_boundary", {"weight_abl": -1}, "weight_abl"),
+    ("active_boundary", {"max_clip_dist": 0}, "max_clip_dist"), ("active_boundary", {"max_n_ratio": 0}, "max_n_ratio"),
+    ("active_boundary", {"label_smoothing": 1}, "label_smoothing"),
 ]
 
 

@@ -1,0 +1,179 @@
+"""Conditional boundary loss (Wu et al., IEEE TIP 2023): CE + A2C + A2P&N contrast on sampled boundary voxels."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
+from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses.base import SegmentationLoss
+from autoseg.losses.boundary._morphology import label_boundary
+from autoseg.losses.boundary.boundary_aware import check_head
+from autoseg.losses.registry import register_loss
+
+HEAD = "embedding"
+
+
+def _offsets(dims: int, radius: int) -> torch.Tensor:
+    r = range(-radius, radius + 1)
+    return torch.tensor([o for o in itertools.product(r, repeat=dims) if any(o)], dtype=torch.long)
+
+
+def _case_terms(z: torch.Tensor, label: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor,
+                boundary: torch.Tensor, radius: int, temperature: float, max_samples: int,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A2C and A2P&N of one case; ``z`` ``[D, *spatial]`` unit embeddings, the rest ``[*spatial]``."""
+    spatial = label.shape
+    anchors = boundary.flatten().nonzero().squeeze(1)
+    zero = z.sum() * 0
+    if anchors.numel() == 0:
+        return zero, zero
+    if anchors.numel() > max_samples:
+        # a fixed seed per case: the same voxels for the same target, whatever the rest of the batch
+        g = torch.Generator().manual_seed(seed)
+        anchors = anchors[torch.randperm(anchors.numel(), generator=g)[:max_samples].to(anchors.device)]
+    coords = torch.stack(torch.unravel_index(anchors, spatial), 1)  # [A, dims]
+    offs = _offsets(len(spatial), radius).to(coords.device)  # [K, dims]
+    nb = coords[:, None, :] + offs[None]  # [A, K, dims]
+    size = torch.tensor(spatial, device=coords.device)
+    inside = ((nb >= 0) & (nb < size)).all(-1)
+    nb = torch.where(inside[..., None], nb, torch.zeros_like(nb))
+    flat = torch.zeros_like(nb[..., 0])
+    for d in range(len(spatial)):
+        flat = flat * spatial[d] + nb[..., d]
+    lab, cor, val = (x.flatten()[flat] for x in (label, correct, valid))
+    usable = inside & val & cor  # only correctly classified, counted neighbours take part (the condition)
+    same = usable & (lab == label.flatten()[anchors][:, None])
+    diff = usable & ~same
+    zf = z.flatten(1)  # [D, N]
+    za = zf[:, anchors].t()  # [A, D]
+    zn = zf[:, flat.flatten()].t().reshape(*flat.shape, -1)  # [A, K, D]
+    n_same = same.sum(1)
+    has_pos = n_same > 0
+    # A2C: each boundary voxel pulled to the mean embedding of its correct same-class neighbours
+    centre = (zn * same[..., None]).sum(1) / n_same.clamp_min(1)[:, None]
+    a2c_each = (za - centre).pow(2).sum(1)
+    a2c = (a2c_each * has_pos).sum() / has_pos.sum().clamp_min(1)
+    # A2P&N: InfoNCE with the correct same-class neighbours as positives, the other-class ones as negatives
+    sim = (zn * za[:, None]).sum(-1) / temperature  # [A, K]
+    both = has_pos & (diff.sum(1) > 0)
+    neg_inf = torch.finfo(sim.dtype).min
+    log_pos = torch.logsumexp(torch.where(same, sim, torch.full_like(sim, neg_inf)), 1)
+    log_all = torch.logsumexp(torch.where(usable, sim, torch.full_like(sim, neg_inf)), 1)
+    a2pn_each = torch.where(both, log_all - log_pos, torch.zeros_like(log_all))
+    a2pn = a2pn_each.sum() / both.sum().clamp_min(1)
+    return a2c, a2pn
+
+
+def conditional_boundary_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    head_embedding: torch.Tensor | None = None,
+    weight_a2c: float = 1.0,
+    weight_a2pn: float = 1.0,
+    temperature: float = 0.1,
+    radius: int = 1,
+    max_samples: int = 2048,
+    seed: int = 0,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Conditional boundary loss: cross-entropy + A2C + A2P&N on boundary voxels, conditioned on correct neighbours.
+
+    .. math::
+        L = L_{CE} + w_1 \frac{1}{|A|}\sum_{i \in A} \lVert z_i - c_i \rVert^2
+            + w_2 \frac{1}{|A'|}\sum_{i \in A'} -\log
+              \frac{\sum_{j \in P_i} e^{z_i \cdot z_j / \tau}}{\sum_{j \in P_i \cup N_i} e^{z_i \cdot z_j / \tau}}
+
+    For each ground-truth boundary voxel i (a counted voxel with a counted 3^d neighbour of another
+    label), over its neighbours within ``radius`` (3^d - 1 of them at radius 1): P_i the correctly
+    classified neighbours of i's class, N_i the correctly classified neighbours of other classes (the
+    conditional, correctness-aware sampling: wrongly classified neighbours take no part),
+    c_i the mean embedding of P_i (i's local class centre). z are unit-length embeddings. A holds the
+    anchors with a positive, A' those with a positive and a negative. At most ``max_samples`` boundary
+    voxels per case take part (a fixed-seed random subset), which bounds memory at
+    ``max_samples * 3^d`` embeddings.
+
+    Where z comes from:
+
+    * ``head_embedding`` ``[B, D, *spatial]``: the projection head the autoseg trainer attaches to the
+      last decoder stage (Wu et al. apply the loss to decoder features through a projection), L2-normalised.
+    * nothing (standalone use, lower deep-supervision scales): the reduced form, z = the softmax
+      probability vector, L2-normalised (an embedding of dimension C).
+
+    Defaults: w_1 = w_2 = 1, τ = 0.1, radius 1 (see docs/losses.md on the paper's values).
+
+    Example:
+        >>> target = torch.zeros(1, 8, 8, dtype=torch.long); target[:, :, 4:] = 1
+        >>> good = 20 * torch.nn.functional.one_hot(target, 2).movedim(-1, 1).float()
+        >>> float(conditional_boundary_loss(good, target)) < 1e-3
+        True
+    """
+    check_reduction(reduction)
+    target = check_logits_target(logits, target, ignore_index)
+    if int(radius) != radius or radius < 1:
+        raise ValueError(f"radius must be an integer >= 1, got {radius}")
+    if int(max_samples) != max_samples or max_samples < 1:
+        raise ValueError(f"max_samples must be an integer >= 1, got {max_samples}")
+    check_positive("temperature", temperature)
+    with torch.autocast(logits.device.type, enabled=False):
+        mask = valid_mask(target, ignore_index)
+        logp, _ = gathered_log_probabilities(logits, target, mask)
+        dtype = logp.dtype
+        ce = masked_voxel_mean(-logp, mask, reduction)
+        valid = torch.ones_like(target, dtype=torch.bool) if mask is None else mask
+        with torch.no_grad():
+            boundary = label_boundary(one_hot(target, logits.shape[1], mask, dtype), mask) > 0
+            correct = (logits.argmax(1) == target) & valid
+        if head_embedding is not None:
+            z = check_head("head_embedding", head_embedding, logits, None).to(dtype)
+        else:
+            z = probabilities(logits)
+        z = F.normalize(z, dim=1, eps=1e-12)
+        a2c, a2pn = [], []
+        for b in range(logits.shape[0]):
+            t1, t2 = _case_terms(z[b], target[b], correct[b], valid[b], boundary[b], int(radius),
+                                 float(temperature), int(max_samples), int(seed))
+            a2c.append(t1)
+            a2pn.append(t2)
+        extra = float(weight_a2c) * torch.stack(a2c) + float(weight_a2pn) * torch.stack(a2pn)
+        return ce + reduce(extra, reduction)
+
+
+@register_loss("conditional_boundary", category="boundary", function=conditional_boundary_loss,
+               citation="Wu, Guo, Li, Yu, Gao, Sang. Conditional boundary loss for semantic segmentation. "
+                        "IEEE TIP 32:3717-3731, 2023")
+class ConditionalBoundaryLoss(SegmentationLoss):
+    """Conditional boundary loss: CE + A2C (pull to the local class centre) + A2P&N contrast on boundary voxels."""
+
+    #: the output of the auxiliary head the trainer attaches (autoseg.trainers.heads), not a worker map
+    extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
+
+    def __init__(self, weight_a2c: float = 1.0, weight_a2pn: float = 1.0, temperature: float = 0.1,
+                 radius: int = 1, max_samples: int = 2048, embedding_dim: int = 32, seed: int = 0, *,
+                 ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        self.weight_a2c = check_positive("weight_a2c", weight_a2c, allow_zero=True)
+        self.weight_a2pn = check_positive("weight_a2pn", weight_a2pn, allow_zero=True)
+        self.temperature = check_positive("temperature", temperature)
+        for name, value in (("radius", radius), ("max_samples", max_samples), ("embedding_dim", embedding_dim)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        self.radius, self.max_samples, self.embedding_dim = int(radius), int(max_samples), int(embedding_dim)
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed}")
+        self.seed = int(seed)
+        #: the trainer attaches a projection head of embedding_dim channels on the last decoder stage
+        self.auxiliary_heads = {HEAD: self.embedding_dim}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
+        unknown = set(extras) - {"head_" + HEAD}
+        if unknown:
+            raise TypeError(f"conditional_boundary got unexpected extras {sorted(unknown)}; it accepts 'head_{HEAD}'")
+        return conditional_boundary_loss(logits, target, extras.get("head_" + HEAD), self.weight_a2c, self.weight_a2pn,
+                                         self.temperature, self.radius, self.max_samples, self.seed,
+                                         self.ignore_index, self.reduction)

@@ -1,0 +1,162 @@
+"""cldice: soft skeleton against scipy, MONAI and scikit-image; hand values; a thin tube against its broken copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from autoseg.losses import build_loss
+from autoseg.losses.boundary._morphology import soft_skeleton
+from autoseg.losses.boundary.cldice import ClDiceLoss, cldice_loss, soft_cldice_per_class
+from autoseg.losses.region.dice import soft_dice_per_class
+
+
+def logits_of(labels: torch.Tensor, scale: float = 30.0) -> torch.Tensor:
+    return scale * torch.nn.functional.one_hot(labels, 2).movedim(-1, 1).double()
+
+
+def _scipy_soft_skeleton(img: np.ndarray, iterations: int) -> np.ndarray:
+    """Algorithm 1 of Shit et al. with scipy's grey morphology (min over the cross, max over the square).
+
+    mode="nearest" reads the edge voxel for the outside, which for these 3-wide windows equals ignoring it.
+    """
+    cross = ndimage.generate_binary_structure(img.ndim, 1)
+
+    def erode(x):
+        return ndimage.grey_erosion(x, footprint=cross, mode="nearest")
+
+    def opening(x):
+        return ndimage.grey_dilation(erode(x), size=(3,) * img.ndim, mode="nearest")
+
+    skel = np.maximum(img - opening(img), 0)
+    for _ in range(iterations):
+        img = erode(img)
+        delta = np.maximum(img - opening(img), 0)
+        skel = skel + np.maximum(delta - skel * delta, 0)
+    return skel
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 3, 6])
+@pytest.mark.parametrize("shape", [(17, 23), (7, 9, 11)])
+def test_soft_skeleton_equals_a_scipy_transcription(shape, iterations):
+    rng = np.random.default_rng(len(shape) + iterations)
+    img = ndimage.gaussian_filter(rng.random(shape), 1.0)  # smooth, so skeletons are not trivial
+    img = (img - img.min()) / (img.max() - img.min())
+    ours = soft_skeleton(torch.from_numpy(img)[None, None], iterations)[0, 0].numpy()
+    np.testing.assert_allclose(ours, _scipy_soft_skeleton(img, iterations), rtol=0, atol=1e-12)
+    assert ours.max() > 0.05
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_soft_skeleton_equals_monai(dim):
+    from monai.losses.cldice import soft_skel
+
+    g = torch.Generator().manual_seed(dim)
+    x = torch.rand((2, 3) + ((20, 21) if dim == 2 else (8, 9, 10)), generator=g, dtype=torch.float64)
+    torch.testing.assert_close(soft_skeleton(x, 5), soft_skel(x, 5), rtol=0, atol=0)
+
+
+def _shapes():
+    t = np.zeros((20, 30), bool)
+    t[5:8, 3:27] = True
+    t[8:17, 13:16] = True
+    bar = np.zeros((16, 40), bool)
+    bar[6:9, 2:38] = True
+    ell = np.zeros((24, 24), bool)
+    ell[3:20, 4:7] = True
+    ell[17:20, 4:20] = True
+    tube = np.zeros((12, 12, 30), bool)
+    tube[5:8, 5:8, 2:28] = True
+    yy, xx = np.indices((30, 30))
+    ring = np.abs(np.hypot(yy - 15, xx - 15) - 9) <= 1
+    return {"T": t, "bar": bar, "L": ell, "tube3d": tube, "ring": ring}
+
+
+@pytest.mark.parametrize("name", list(_shapes()))
+def test_soft_skeleton_of_a_binary_thin_shape_lies_along_scikit_image_skeleton(name):
+    from skimage.morphology import skeletonize
+
+    mask = _shapes()[name]
+    soft = soft_skeleton(torch.from_numpy(mask.astype(np.float64))[None, None], 3)[0, 0].numpy()
+    assert set(np.unique(soft)) <= {0.0, 1.0}  # min/max morphology of a binary image stays binary
+    soft = soft > 0.5
+    reference = skeletonize(mask)
+    near = ndimage.generate_binary_structure(mask.ndim, mask.ndim)  # one voxel, diagonals included
+    assert not (soft & ~mask).any()                                  # inside the shape
+    assert not (soft & ~ndimage.binary_dilation(reference, near)).any()  # within one voxel of skimage's skeleton
+    assert not (reference & ~ndimage.binary_dilation(soft, near)).any()  # and covering it to within one voxel
+    if name in ("bar", "L", "tube3d"):
+        # Straight tubes and a right-angle bend give a connected soft skeleton; at the T's junction and along
+        # the ring's curve it breaks into pieces (a morphological skeleton, not a homotopic thinning).
+        assert ndimage.label(soft, near)[1] == ndimage.label(reference, near)[1] == 1
+
+
+def test_hand_value_line_partly_predicted():
+    # A one-voxel line of 6 voxels; the prediction covers its first 3. Each skeleton is the line itself
+    # (the opening of a one-voxel line is empty): Tprec = (3 + 1)/(3 + 1) = 1, Tsens = (3 + 1)/(6 + 1) = 4/7,
+    # clDice = 2 * 4/7 / (1 + 4/7) = 8/11; Dice (s = 1) = (2 * 3 + 1)/(3 + 6 + 1) = 0.7.
+    target = torch.zeros(1, 5, 8, dtype=torch.long)
+    target[0, 2, 1:7] = 1
+    pred = torch.zeros_like(target)
+    pred[0, 2, 1:4] = 1
+    logits = logits_of(pred)
+    assert float(soft_cldice_per_class(logits, target)[0, 0]) == pytest.approx(8 / 11, rel=1e-9)
+    expected = 0.5 * (1 - 0.7) + 0.5 * (1 - 8 / 11)
+    assert float(cldice_loss(logits, target)) == pytest.approx(expected, rel=1e-9)
+    assert float(cldice_loss(logits, target, alpha=0.2)) == pytest.approx(0.8 * 0.3 + 0.2 * 3 / 11, rel=1e-9)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_broken_tube_scores_lower_than_the_whole_tube(dim):
+    if dim == 2:
+        target = torch.zeros(1, 16, 40, dtype=torch.long)
+        target[0, 6:9, 2:38] = 1
+    else:
+        target = torch.zeros(1, 10, 10, 30, dtype=torch.long)
+        target[0, 4:7, 4:7, 2:28] = 1
+    broken = target.clone()
+    broken[..., 18:22] = 0  # a 4-voxel gap cuts the tube in two
+    whole_cl = float(soft_cldice_per_class(logits_of(target), target)[0, 0])
+    broken_cl = float(soft_cldice_per_class(logits_of(broken), target)[0, 0])
+    assert whole_cl == pytest.approx(1.0, abs=1e-9)
+    assert broken_cl < whole_cl - 0.02
+    assert float(cldice_loss(logits_of(broken), target)) > float(cldice_loss(logits_of(target), target)) + 0.02
+
+
+def test_thicker_prediction_keeps_clDice_but_loses_Dice():
+    # clDice measures the centreline, not the volume: a 5-wide prediction around a 3-wide tube has the same
+    # skeleton (inside the reference) and covers the reference skeleton, so clDice stays 1 while Dice is 0.75.
+    target = torch.zeros(1, 16, 40, dtype=torch.long)
+    target[0, 6:9, 2:38] = 1
+    thick = torch.zeros_like(target)
+    thick[0, 5:10, 2:38] = 1
+    assert float(soft_cldice_per_class(logits_of(thick), target)[0, 0]) == pytest.approx(1.0, abs=1e-9)
+    assert float(soft_dice_per_class(logits_of(thick), target, smooth=0)[0, 0]) == pytest.approx(0.75, abs=1e-9)
+
+
+def test_batch_pools_the_sums_before_the_ratios():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 12, 12, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 12, 12), generator=g)
+    pooled = soft_cldice_per_class(logits, target, batch=True)
+    assert pooled.shape == (1, 2)
+    per_case = soft_cldice_per_class(logits, target)
+    assert not torch.allclose(pooled[0], per_case.mean(0))
+
+
+def test_module_equals_function_and_registry():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 9, 9, generator=g)
+    target = torch.randint(0, 3, (2, 9, 9), generator=g)
+    kwargs = dict(alpha=0.3, iterations=5, include_background=True, batch=True, smooth=1e-3)
+    torch.testing.assert_close(ClDiceLoss(**kwargs)(logits, target), cldice_loss(logits, target, **kwargs))
+    assert isinstance(build_loss("cldice"), ClDiceLoss)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"alpha": 1.5}, "alpha"), ({"iterations": -1}, "iterations"),
+                                             ({"iterations": 2.0}, "iterations")])
+def test_bad_hyper_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ClDiceLoss(**kwargs)
