@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,7 @@ def _predictor(run_dir: Path, folds: list[int], device, mirroring: bool):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from autoseg.paths import extension_trainer_dir
+    from autoseg.prepare import temporary_env
 
     # The checkpoint names its trainer class; autoseg's generated trainers (and the variants recorded in
     # <results>/autoseg_trainers.json) are found as nnUNetv2_predict finds them.
@@ -294,27 +295,13 @@ def _predictor(run_dir: Path, folds: list[int], device, mirroring: bool):
     paths = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     env = {"nnUNet_extTrainer": os.pathsep.join([ext, *[p for p in paths if p != ext]]),
            "nnUNet_results": str(run_dir.parent.parent)}
-    with _env(**env), contextlib.redirect_stdout(io.StringIO()):
+    with temporary_env(**env), contextlib.redirect_stdout(io.StringIO()):
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(run_dir), use_folds=tuple(folds),
                                                        checkpoint_name=CHECKPOINT)
     return predictor
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def read_prediction_meta(folder: Path) -> dict | None:
