@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,27 @@ def capture(log_file: str | os.PathLike | None, enabled: bool = True) -> Iterato
                 os.close(out_fd)
                 os.close(err_fd)
                 _state.update(saved=None, log=None)
+
+
+@contextlib.contextmanager
+def quiet(work_dir: str | os.PathLike | None, command: str, verbose: bool = False,
+          err: bool = False) -> Iterator[Path | None]:
+    """One command's nnU-Net output into ``<work>/logs/<command>-<time>-<pid>.log``, its path said first.
+
+    ``verbose`` (the commands' ``--verbose``) leaves everything on the terminal. If the block fails,
+    the path is said again, since the error's context is in the log.
+    """
+    if verbose:
+        yield None
+        return
+    from autoseg.paths import default_work_dir
+
+    base = Path(work_dir).expanduser() if work_dir is not None else default_work_dir()
+    path = base / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    say(f"nnU-Net's own output goes to {path} (--verbose shows it here)", err=err)
+    try:
+        with capture(path) as p:
+            yield p
+    except BaseException:
+        say(f"nnU-Net's output up to the error is in {path}", err=True)
+        raise

@@ -163,7 +163,7 @@ def plan_and_train(
     ``auto`` does so where it is cheap (:func:`autoseg.heldout.decide`).
     """
     t_start = time.time()
-    from autoseg.grid.runner import default_store, run_records
+    from autoseg.grid.runner import default_store, estimate_seconds, run_records
     from autoseg.grid.spec import Target, expand
     from autoseg.grid.store import Store
     from autoseg.paths import resolve_work_dirs
@@ -213,6 +213,7 @@ def plan_and_train(
     result = RunResult(ds.name, config_name, loss, loss_args, budget.name, trainer_name, str(torch_device), run_dir,
                        prepared.labels, timings=timings, architecture=arch, plan=prepared.plan,
                        natural_image=prepared.natural_image)
+    log(cost_statement(budget, estimate_seconds(prepared, torch_device.type), torch_device.type))
     log(f"[4/4] {len(runs)} fold(s) {', '.join(str(f) for f in fold_list)}: training {trainer_name} on {config_name}, "
         f"budget {budget.name!r}, device {torch_device}")
     outcome = run_records(runs, dirs, Store(store or default_store(dirs)), torch_device.type, executor=executor,
@@ -233,6 +234,25 @@ def plan_and_train(
     timings["test_set"] = time.time() - t0
     timings["total"] = time.time() - t_start
     return result
+
+
+def cost_statement(budget: Budget, seconds_per_run: float | None, device: str) -> str:
+    """What one run will cost, said before it starts: its schedule and the planner's estimate of its time."""
+    epochs, its = budget.epochs or 1000, budget.iterations_per_epoch or 250
+    val = budget.val_iterations_per_epoch or 50
+    text = (f"  cost of each fold: {epochs} epochs x {its} training iterations (+ {val} validation iterations "
+            f"per epoch), {epochs * its} training iterations in all")
+    if seconds_per_run is None:
+        return text + "; no time estimate (the cost model could not price this network)"
+    return (text + f"; estimated ~{seconds_per_run / epochs:.1f} s per epoch, ~{_fmt_duration(seconds_per_run)} per "
+            f"fold on this {device} by the planner's cost model (a corrected estimate follows the first epochs)")
+
+
+def _fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def _natural_validation_scores(result: RunResult, preprocessed_dataset: Path, dataset_json: dict):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from autoseg.cli.main import CliError
 from autoseg.cli.plan_and_train import _jsonable, _stdout_to_stderr, add_budget_arguments, resolve_budget
@@ -51,14 +50,22 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 8)))
     if args.action == "status":
         return _status(args)
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    from autoseg import console
+
+    def log(message: str) -> None:
+        console.say(message, err=args.json)
+
+    def call() -> dict:
+        with console.quiet(args.work_dir, "benchmark", args.verbose, err=args.json):
+            return _run(args, log)
+
     if args.json:
         with _stdout_to_stderr() as out:
-            payload = _run(args, log)
+            payload = call()
         out.write(json.dumps(_jsonable(payload), indent=2, default=str) + "\n")
         out.close()
     else:
-        payload = _run(args, log)
+        payload = call()
     return 1 if payload.get("summary", {}).get("counts", {}).get("failed") and not args.dry_run else 0
 
 
@@ -121,10 +128,10 @@ def _run(args: argparse.Namespace, log) -> dict:
             row["estimated_seconds"] = None if est is None else round(est, 1)
         wall = total / args.jobs if known else None
         if not args.json:
-            print(format_status(grid.runs, states, args.jobs))
+            log(format_status(grid.runs, states, args.jobs))
             for key, est in grid.estimates.items():
-                print(f"estimate {key}: {'unknown' if est is None else f'{est:.0f} s'} per run (cost model)")
-            print(f"{len(grid.runs)} run(s), {sum(s != 'done' for s in states)} to do: estimated "
+                log(f"estimate {key}: {'unknown' if est is None else f'{est:.0f} s'} per run (cost model)")
+            log(f"{len(grid.runs)} run(s), {sum(s != 'done' for s in states)} to do: estimated "
                   + (f"{total:.0f} s of runs, about {wall:.0f} s at {args.jobs} at once" if known else "cost unknown")
                   + " (dry run: nothing trained)")
         return {"runs": rows, "summary": summarize(grid.runs, states, args.jobs), "dry_run": True,
@@ -135,8 +142,8 @@ def _run(args: argparse.Namespace, log) -> dict:
     runs = [outcome.final.get(r.run_id, r) for r in grid.runs]
     states = [grid.state(r) for r in runs]
     if not args.json:
-        print(format_status(runs, states, args.jobs))
-        print(f"store: {grid.store.root}")
+        log(format_status(runs, states, args.jobs))
+        log(f"store: {grid.store.root}")
     return {"runs": [run_row(r, s, str(grid.dirs.results)) for r, s in zip(runs, states)],
             "summary": summarize(runs, states, args.jobs), "store": str(grid.store.root),
             "skipped_done": len(outcome.skipped_done), "submitted": len(outcome.submitted),

@@ -44,11 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", type=int, default=None, help="processes for the fingerprint")
     p.add_argument("--limit-cases", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show nnU-Net's own output here instead of in the log file whose path is printed")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     from autoseg.plans.planner import (
         MIN_ITERATIONS,
@@ -75,16 +76,19 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as e:
         raise CliError(str(e)) from None
     configs = [c.strip() for c in args.config.split(",") if c.strip()]
+    from autoseg import console
+    from autoseg.cli.plan_and_train import _stdout_to_stderr
     from autoseg.data.bundled import DatasetError
     from autoseg.plans.api import format_plan, plan_dataset
 
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else print
-    from autoseg.cli.plan_and_train import _stdout_to_stderr
+    def log(message: str) -> None:
+        console.say(message, err=args.json)
 
     def call():
-        return plan_dataset(args.dataset, configs, request, work_dir=args.work_dir, verify=args.verify,
-                            num_processes=args.num_processes, limit_cases=args.limit_cases,
-                            refresh_benchmark=args.refresh_benchmark, write=not args.dry_run, log=log)
+        with console.quiet(args.work_dir, "plan", args.verbose, err=args.json):
+            return plan_dataset(args.dataset, configs, request, work_dir=args.work_dir, verify=args.verify,
+                                num_processes=args.num_processes, limit_cases=args.limit_cases,
+                                refresh_benchmark=args.refresh_benchmark, write=not args.dry_run, log=log)
 
     try:
         if args.json:

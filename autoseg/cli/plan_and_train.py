@@ -11,6 +11,9 @@ import sys
 
 from autoseg.cli.main import CliError
 
+#: the wall clock a run of non-bundled data gets on a CPU when no budget option is given
+DEFAULT_CPU_TIME_BUDGET = "30m"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -62,8 +65,10 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--features", default=None, help="override the features per stage (16,32,64,128) or the "
                                                     "first stage's width; the transformer's feature_size")
     p.add_argument("--budget", default=None, choices=["quick", "standard", "smoke"],
-                   help="quick: minutes on a CPU, a narrower network and short schedule (default on a CPU and "
-                        "for bundled data); standard: nnU-Net's own plan and schedule; smoke: seconds, for tests")
+                   help="quick: minutes on a CPU, a narrower network and short schedule (default for the bundled "
+                        "data); standard: nnU-Net's own plan and schedule (default on a GPU); smoke: seconds, for "
+                        "tests. With no budget option, other data on a CPU is planned for --time-budget "
+                        f"{DEFAULT_CPU_TIME_BUDGET} per run")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's number of epochs")
     p.add_argument("--iterations", type=int, default=None, help="override the budget's iterations per epoch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
@@ -75,6 +80,9 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                    help="run nnU-Net's dataset integrity check (default: on, except for bundled data)")
     p.add_argument("-np", "--num-processes", type=int, default=None, help="processes for preprocessing")
+    p.add_argument("--verbose", action="store_true",
+                   help="show nnU-Net's own output (plans, progress bars, per-epoch blocks) here instead of in the "
+                        "log file whose path is printed")
     p.add_argument("--limit-cases", type=int, default=None, help=argparse.SUPPRESS)  # tests: a few bundled cases
 
 
@@ -115,7 +123,21 @@ def resolve_budget(args: argparse.Namespace, datasets: list[str | None]):
             on_cpu = pick_device(args.device).type == "cpu"
         except PipelineError as e:
             raise CliError(str(e)) from None
-        budget = "quick" if on_cpu or all(d in (None, *BUNDLED) for d in datasets) else "standard"
+        bundled = all(d in (None, *BUNDLED) for d in datasets)
+        if on_cpu and not bundled and args.epochs is None and args.iterations is None:
+            # nnU-Net's own plan takes hours to days on a CPU (a 25-iteration epoch of a 4-organ MR set did not
+            # finish in 5.5 minutes): size the run for the machine instead, and say so before anything starts.
+            from autoseg.console import say
+            from autoseg.plans.planner import MIN_ITERATIONS, PlanRequest, parse_duration
+
+            plan = PlanRequest(time_budget_s=parse_duration(DEFAULT_CPU_TIME_BUDGET), runs=args.runs,
+                               min_iterations=MIN_ITERATIONS)
+            say(f"no budget option: on a CPU, data other than the bundled sample is planned for "
+                f"{DEFAULT_CPU_TIME_BUDGET} per run (--time-budget to change it, --budget quick|standard for a "
+                "preset)", err=True)
+            budget = "standard"  # not used: the plan sets the schedule
+        else:
+            budget = "quick" if on_cpu or bundled else "standard"
     return budget, plan
 
 
@@ -152,15 +174,21 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None:
         plan.arch = args.arch
 
+    from autoseg import console
+
+    def log(message: str) -> None:
+        console.say(message, err=args.json)
+
     def call():
-        return plan_and_train(
-            loss=args.loss, loss_args=loss_args, dataset=args.dataset, configuration=args.config,
-            folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
-            device=args.device, work_dir=args.work_dir, verify=args.verify,
-            num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch, plan=plan,
-            seed=args.seed, store=args.store, executor="local" if args.jobs > 1 else "inline", jobs=args.jobs,
-            test_set=args.test_set, test_per_fold=args.test_per_fold,
-        )
+        with console.quiet(args.work_dir, "plan_and_train", args.verbose, err=args.json):
+            return plan_and_train(
+                loss=args.loss, loss_args=loss_args, dataset=args.dataset, configuration=args.config,
+                folds=args.folds, budget=budget, epochs=args.epochs, iterations=args.iterations,
+                device=args.device, work_dir=args.work_dir, verify=args.verify,
+                num_processes=args.num_processes, limit_cases=args.limit_cases, arch=args.arch, plan=plan,
+                seed=args.seed, store=args.store, executor="local" if args.jobs > 1 else "inline", jobs=args.jobs,
+                test_set=args.test_set, test_per_fold=args.test_per_fold, log=log,
+            )
 
     try:
         if args.json:

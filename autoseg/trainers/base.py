@@ -16,6 +16,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
+from autoseg.console import say
 from autoseg.losses import SegmentationLoss, build_loss
 from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
 from autoseg.trainers.heads import CHECKPOINT_KEY, AuxiliaryHeads, head_requests
@@ -322,13 +323,31 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         recent = self._epoch_seconds[-5:]
         left = max(0, self.num_epochs - done) * sum(recent) / len(recent)
         dice = self.logger.get_value("dice_per_class_or_region", step=-1)
-        print(
+        say(
             f"  epoch {done:>4}/{self.num_epochs}  train loss {self.logger.get_value('train_losses', step=-1):.4f}"
             f"  val loss {self.logger.get_value('val_losses', step=-1):.4f}"
             f"  pseudo Dice {' '.join(f'{d:.3f}' for d in dice)}  {self._epoch_seconds[-1]:.1f} s"
-            f"  left ~{_fmt_seconds(left)}",
-            flush=True,
+            f"  left ~{_fmt_seconds(left)}"
         )
+        if done == CORRECTION_EPOCHS and self.num_epochs > CORRECTION_EPOCHS:
+            say(self.corrected_estimate())
+
+    def corrected_estimate(self) -> str:
+        """The run's cost from its measured epochs (the first one, with start-up, left out), beside the plan's estimate."""
+        measured = self._epoch_seconds[1:CORRECTION_EPOCHS] or self._epoch_seconds[:1]
+        per_epoch = sum(measured) / len(measured)
+        text = (f"  corrected estimate after {CORRECTION_EPOCHS} epochs: {per_epoch:.1f} s per epoch, training "
+                f"~{_fmt_seconds(per_epoch * self.num_epochs)} in all")
+        estimate = self.configuration_manager.configuration.get("autoseg", {}).get("estimate", {})
+        if estimate.get("seconds_per_iteration"):
+            planned = estimate["seconds_per_iteration"] * self.num_iterations_per_epoch
+            text += (f"; the plan estimated {planned:.1f} s per epoch of training iterations (measured/estimated "
+                     f"{per_epoch / planned:.2f}, the measured epoch includes its validation iterations)")
+        return text
+
+
+#: after this many epochs a run prints its cost measured so far against the plan's estimate
+CORRECTION_EPOCHS = 3
 
 
 def seed_everything(seed: int) -> None:

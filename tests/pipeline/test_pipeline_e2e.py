@@ -42,6 +42,22 @@ def test_json_result_and_files(smoke_run):
     assert "epoch    1/2" in smoke_run["stderr"] and "left ~" in smoke_run["stderr"]
 
 
+def test_console_is_quiet_and_states_the_cost_first(smoke_run):
+    """autoseg's own lines on the console, the cost before training; nnU-Net's output in the log file named."""
+    err = smoke_run["stderr"]
+    cost = "cost of each fold: 2 epochs x 2 training iterations (+ 1 validation iterations per epoch)"
+    assert cost in err and "per fold on this cpu by the planner's cost model" in err
+    assert err.index(cost) < err.index("epoch    1/2")
+    line = next(x for x in err.splitlines() if x.startswith("nnU-Net's own output goes to "))
+    log = Path(line[len("nnU-Net's own output goes to "):].split(" (--verbose")[0])
+    assert log.is_file() and log.parent == Path(smoke_run["work"]) / "logs"
+    text = log.read_text()
+    # nnU-Net's plan dictionaries and progress bars went to the log, not to the console
+    for noise in ("3D fullres U-Net configuration", "Extracting dataset fingerprint", "Using device"):
+        assert noise in text and noise not in err, noise
+    assert "epoch    1/2" not in text
+
+
 def test_rerun_reuses_finished_fold(smoke_run):
     from conftest import autoseg_cli
 
