@@ -68,9 +68,16 @@ def soft_erode(x: torch.Tensor) -> torch.Tensor:
 
 
 def soft_dilate(x: torch.Tensor) -> torch.Tensor:
-    """Maximum over the 3x3 (3x3x3) square, the image outside ignored (clDice's soft dilation)."""
+    """Maximum over the 3x3 (3x3x3) square, the image outside ignored (clDice's soft dilation).
+
+    Taken one axis at a time (the maximum over a cube is separable): the same values as one 3^d
+    pooling with 3d instead of 3^d comparisons per voxel.
+    """
     pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
-    return pool(x, 3, 1, 1)
+    kernels = [(3, 1), (1, 3)] if x.ndim == 4 else [(3, 1, 1), (1, 3, 1), (1, 1, 3)]
+    for k in kernels:
+        x = pool(x, k, 1, tuple(s // 2 for s in k))
+    return x
 
 
 def soft_open(x: torch.Tensor) -> torch.Tensor:
@@ -84,10 +91,13 @@ def soft_skeleton(x: torch.Tensor, iterations: int) -> torch.Tensor:
     ``delta = relu(x - open(x))``, ``skel = skel + relu(delta - skel * delta)``. On a binary image
     this is Lantuejoul's morphological skeleton restricted to ``iterations + 1`` erosion levels.
     """
-    skel = F.relu(x - soft_open(x))
+    eroded = soft_erode(x)
+    skel = F.relu(x - soft_dilate(eroded))
     for _ in range(iterations):
-        x = soft_erode(x)
-        delta = F.relu(x - soft_open(x))
+        # the erosion inside this level's opening is the next level's image: computed once
+        x = eroded
+        eroded = soft_erode(x)
+        delta = F.relu(x - soft_dilate(eroded))
         skel = skel + F.relu(delta - skel * delta)
     return skel
 
