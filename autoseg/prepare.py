@@ -120,6 +120,20 @@ def preprocess(ds: ResolvedDataset, configuration: str, dirs: WorkDirs, num_proc
             log(f"[3/4] preprocessed data for {configuration} exists, reused")
 
 
+def parse_int_ranges(text: str, noun: str, examples: str, error: type[Exception] = ValueError) -> list[int]:
+    """``"0"``, ``"0-4"``, ``"0,3,7"`` as a list of integers (folds, seeds); ``error`` names what cannot be read."""
+    values: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if m is None:
+            raise error(f"cannot read {noun}s {text!r}: use e.g. {examples}")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if hi < lo:
+            raise error(f"{noun} range {part.strip()!r} runs backwards")
+        values.extend(range(lo, hi + 1))
+    return values
+
+
 def parse_folds(spec: str | int | Sequence[int], n_folds: int = N_FOLDS) -> list[int]:
     """``"0"``, ``"0-4"``, ``"0,2"`` or ``"all"`` (every fold of the dataset's split) as a list."""
     if isinstance(spec, int):
@@ -128,15 +142,7 @@ def parse_folds(spec: str | int | Sequence[int], n_folds: int = N_FOLDS) -> list
         s = spec.strip().lower()
         if s == "all":
             return list(range(n_folds))
-        folds = []
-        for part in s.split(","):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-            if m is None:
-                raise PrepareError(f"cannot read folds {spec!r}: use e.g. 0, 0-4, 0,2 or all")
-            lo, hi = int(m[1]), int(m[2] or m[1])
-            if hi < lo:
-                raise PrepareError(f"fold range {part.strip()!r} runs backwards")
-            folds.extend(range(lo, hi + 1))
+        folds = parse_int_ranges(spec, "fold", "0, 0-4, 0,2 or all", PrepareError)
     else:
         folds = [int(f) for f in spec]
     bad = [f for f in folds if not 0 <= f < n_folds]
@@ -315,5 +321,6 @@ def prepare(dataset: str | None, configuration: str, budget: Budget, arch: str =
 
 
 __all__ = ["CONFIGURATIONS", "N_FOLDS", "PLANS", "Prepared", "PrepareError", "default_processes", "ensure_splits",
-           "import_dataset", "nnunet_plans", "parse_folds", "plan_record", "planned_configuration", "planned_fold_count", "prepare",
+           "import_dataset", "nnunet_plans", "parse_folds", "parse_int_ranges",
+           "plan_record", "planned_configuration", "planned_fold_count", "prepare",
            "preprocess", "register_trainers", "temporary_env"]

@@ -89,15 +89,9 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
     if isinstance(text, int):
         values = [text]
     elif isinstance(text, str):
-        values = []
-        for part in text.split(","):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-            if m is None:
-                raise GridError(f"cannot read seeds {text!r}: use e.g. 0, 0-2 or 0,3,7")
-            lo, hi = int(m[1]), int(m[2] or m[1])
-            if hi < lo:
-                raise GridError(f"seed range {part.strip()!r} runs backwards")
-            values.extend(range(lo, hi + 1))
+        from autoseg.prepare import parse_int_ranges
+
+        values = parse_int_ranges(text, "seed", "0, 0-2 or 0,3,7", GridError)
     else:
         values = [int(s) for s in text]
     if any(s < 0 for s in values):
