@@ -51,32 +51,94 @@ def inner_boundary(mask: torch.Tensor) -> torch.Tensor:
     return mask & (cross_sum(mask.to(torch.int32)) < full)
 
 
-def soft_erode(x: torch.Tensor) -> torch.Tensor:
-    """Minimum over the cross (min pooling along each axis), the image outside ignored (clDice's soft erosion)."""
-    if x.ndim == 4:
-        kernels = [(3, 1), (1, 3)]
-    elif x.ndim == 5:
-        kernels = [(3, 1, 1), (1, 3, 1), (1, 1, 3)]
-    else:
-        raise ValueError(f"expected [B, C, H, W] or [B, C, D, H, W], got {tuple(x.shape)}")
-    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
-    out = None
-    for k in kernels:
-        e = -pool(-x, k, 1, tuple(s // 2 for s in k))
-        out = e if out is None else torch.minimum(out, e)
+class _NeighbourPick(torch.autograd.Function):
+    """``y_i`` = the smallest (``largest``: greatest) of ``x_i`` and its neighbours ``x_{i+step}`` along
+    ``axis`` for each ``(axis, step)`` of ``offsets``; neighbours outside the image are ignored.
+
+    Forward keeps, per voxel, which candidate won (a uint8 code); backward routes each output
+    gradient to that voxel. The same values and (away from ties) the same gradient as max pooling or
+    ``torch.minimum`` under autograd, at a fraction of the CPU time: a few elementwise passes on
+    the whole tensor instead of pooling with indices (clDice's soft skeleton was 0.4x a quick-plan
+    network step). Ties go to the first candidate (the voxel itself, then ``offsets`` in order), a
+    valid subgradient like any other. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, offsets: tuple[tuple[int, int], ...], largest: bool) -> torch.Tensor:
+        out = x.clone()
+        # uint8 arithmetic instead of torch.where/masked_fill, several times slower on the CPU;
+        # code + better * (k - code) is exact modulo 256
+        code = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
+        for k, (axis, step) in enumerate(offsets, 1):
+            n = x.shape[axis]
+            if n < 2:
+                continue
+            o = out.narrow(axis, max(0, -step), n - 1)
+            nb = x.narrow(axis, max(0, step), n - 1)
+            c = code.narrow(axis, max(0, -step), n - 1)
+            better = (nb > o if largest else nb < o).to(torch.uint8)
+            c.add_(better * (k - c))
+            o.copy_(torch.maximum(o, nb) if largest else torch.minimum(o, nb))
+        ctx.save_for_backward(code)
+        ctx.offsets = offsets
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (code,) = ctx.saved_tensors
+        g = grad * (code == 0).to(grad.dtype)
+        for k, (axis, step) in enumerate(ctx.offsets, 1):
+            n = grad.shape[axis]
+            if n < 2:
+                continue
+            dst = max(0, -step)
+            chosen = (code.narrow(axis, dst, n - 1) == k).to(grad.dtype)
+            g.narrow(axis, max(0, step), n - 1).add_(grad.narrow(axis, dst, n - 1) * chosen)
+        return g, None, None
+
+
+def _extreme_no_grad(x: torch.Tensor, offsets: tuple[tuple[int, int], ...], largest: bool) -> torch.Tensor:
+    """:class:`_NeighbourPick`'s values without the bookkeeping for the gradient (a reference's skeleton)."""
+    out = x.clone()
+    for axis, step in offsets:
+        n = x.shape[axis]
+        if n < 2:
+            continue
+        o = out.narrow(axis, max(0, -step), n - 1)
+        nb = x.narrow(axis, max(0, step), n - 1)
+        o.copy_(torch.maximum(o, nb) if largest else torch.minimum(o, nb))
     return out
+
+
+def _check_image(x: torch.Tensor) -> None:
+    if x.ndim not in (4, 5):
+        raise ValueError(f"expected [B, C, H, W] or [B, C, D, H, W], got {tuple(x.shape)}")
+
+
+def soft_erode(x: torch.Tensor) -> torch.Tensor:
+    """Minimum over the cross (each voxel and its face neighbours), the image outside ignored (clDice's soft erosion).
+
+    The values of the reference's ``-max_pool(-x)`` along each axis followed by the minimum over the axes.
+    """
+    _check_image(x)
+    offsets = tuple((axis, step) for axis in range(2, x.ndim) for step in (-1, 1))
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _extreme_no_grad(x, offsets, False)
+    return _NeighbourPick.apply(x, offsets, False)
 
 
 def soft_dilate(x: torch.Tensor) -> torch.Tensor:
     """Maximum over the 3x3 (3x3x3) square, the image outside ignored (clDice's soft dilation).
 
     Taken one axis at a time (the maximum over a cube is separable): the same values as one 3^d
-    pooling with 3d instead of 3^d comparisons per voxel.
+    max pooling with 3d instead of 3^d comparisons per voxel.
     """
-    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
-    kernels = [(3, 1), (1, 3)] if x.ndim == 4 else [(3, 1, 1), (1, 3, 1), (1, 1, 3)]
-    for k in kernels:
-        x = pool(x, k, 1, tuple(s // 2 for s in k))
+    _check_image(x)
+    track = torch.is_grad_enabled() and x.requires_grad
+    for axis in range(2, x.ndim):
+        offsets = ((axis, -1), (axis, 1))
+        x = _NeighbourPick.apply(x, offsets, True) if track else _extreme_no_grad(x, offsets, True)
     return x
 
 
