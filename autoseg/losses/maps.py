@@ -29,6 +29,14 @@ Every kind is per class: for a label map ``[*spatial]`` and ``C`` classes a kind
 ``tubed_skeleton``
     the skeleton dilated twice with the face-connected cross and cut back to the class mask, the
     "tubed" skeleton of Kirchhoff et al. (Skeleton Recall, ECCV 2024).
+``skeleton_level``
+    the reference skeleton of clDice (Shit et al.) for any number of iterations at once: 1 + k at
+    the voxels that enter the morphological skeleton at erosion level k (the first k where the voxel
+    is in ``x_k`` minus the opening of ``x_k``, with ``x_0`` the class mask, ``x_{k+1}`` its erosion by
+    the face-connected cross and the opening an erosion by the cross followed by a dilation by the
+    3^d cube, the patch outside ignored), 0 elsewhere. ``level >= 1 and level <= iterations + 1`` is
+    exactly clDice's ``soft_skeleton(one_hot, iterations)`` (on a binary image its minima, maxima and
+    ReLUs are these set operations), so the loss need not skeletonise the reference itself.
 
 Conventions:
 
@@ -48,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MAP_KINDS = ("signed_distance", "distance", "boundary", "skeleton", "tubed_skeleton")
+MAP_KINDS = ("signed_distance", "distance", "boundary", "skeleton", "tubed_skeleton", "skeleton_level")
 _DISTANCE_KINDS = {"signed_distance", "distance"}
 
 
@@ -149,7 +157,55 @@ def case_maps(
                 out["skeleton"][c] = skel
             if "tubed_skeleton" in out:
                 out["tubed_skeleton"][c] = ndimage.binary_dilation(skel, cross, iterations=2) & m
+    if "skeleton_level" in out:
+        for c in present:
+            out["skeleton_level"][c] = skeleton_levels(masks[c])
     return out
+
+
+def _erode_cross(m: np.ndarray) -> np.ndarray:
+    """Binary erosion by the face-connected cross, the outside ignored (a voxel needs its inside neighbours only)."""
+    out = m.copy()
+    for axis in range(m.ndim):
+        lo = [slice(None)] * m.ndim
+        hi = [slice(None)] * m.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out[tuple(hi)] &= m[tuple(lo)]
+        out[tuple(lo)] &= m[tuple(hi)]
+    return out
+
+
+def _dilate_cube(m: np.ndarray) -> np.ndarray:
+    """Binary dilation by the 3^d cube (separable: one axis at a time), the outside ignored."""
+    for axis in range(m.ndim):
+        lo = [slice(None)] * m.ndim
+        hi = [slice(None)] * m.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out = m.copy()
+        out[tuple(hi)] |= m[tuple(lo)]
+        out[tuple(lo)] |= m[tuple(hi)]
+        m = out
+    return m
+
+
+def skeleton_levels(mask: np.ndarray) -> np.ndarray:
+    """The ``skeleton_level`` map of one binary mask (see the module docstring), float32."""
+    mask = np.asarray(mask, dtype=bool)
+    level = np.zeros(mask.shape, dtype=np.float32)
+    x, k = mask, 0
+    while x.any():
+        eroded = _erode_cross(x)
+        residue = x & ~_dilate_cube(eroded) & (level == 0)
+        level[residue] = k + 1
+        if np.array_equal(eroded, x):
+            break  # a region that no longer erodes (it fills the patch): every later level repeats this one
+        x, k = eroded, k + 1
+    return level
+
+
+def skeleton_from_levels(level: torch.Tensor, iterations: int, dtype: torch.dtype) -> torch.Tensor:
+    """clDice's reference skeleton with ``iterations`` from a ``skeleton_level`` map: 1 where 1 <= level <= iterations + 1."""
+    return ((level >= 1) & (level <= iterations + 1)).to(dtype)
 
 
 def compute_maps(

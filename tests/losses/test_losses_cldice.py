@@ -182,3 +182,58 @@ def test_soft_skeleton_gradient_passes_gradcheck_and_equals_monai_autograd(dim):
     # the tracked path (with the gradient bookkeeping) gives the same values as the untracked one
     torch.testing.assert_close(soft_skeleton(xa, 3).detach(), soft_skel(x, 3), rtol=0, atol=0)
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 3, 8])
+@pytest.mark.parametrize("shape", [(31, 27), (13, 17, 15)])
+def test_worker_skeleton_level_map_equals_the_soft_skeleton_of_the_one_hot_target(shape, iterations):
+    # the data workers' numpy map (autoseg.losses.maps, kind skeleton_level) against the loss's own
+    # torch soft skeleton of the one-hot reference, ignored voxels (label 9) zero in the one-hot
+    from autoseg.losses._functional import one_hot, valid_mask
+    from autoseg.losses.maps import compute_maps, skeleton_from_levels
+
+    rng = np.random.default_rng(len(shape) * 10 + iterations)
+    smooth = ndimage.gaussian_filter(rng.random((2, *shape)), (0,) + (2.0,) * len(shape))
+    labels = np.digitize(smooth, np.quantile(smooth, [0.4, 0.75])).astype(np.int64)  # 3 blobby classes
+    labels[0, ..., :3] = 9
+    labels[1, 2:5] = 9
+    levels = compute_maps(labels, 3, ("skeleton_level",), ignore_index=9)["skeleton_level"]
+    target = torch.from_numpy(labels)
+    mask = valid_mask(target, 9)
+    expected = soft_skeleton(one_hot(target, 3, mask, torch.float64), iterations)
+    got = skeleton_from_levels(torch.from_numpy(levels), iterations, torch.float64)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert expected[:, 1:].sum() > 20  # skeletons are there to compare
+    assert levels.max() > iterations + 1 or iterations == 8  # and deeper levels get cut by `iterations`
+
+
+def test_skeleton_level_of_a_full_patch_and_a_thick_bar_by_hand():
+    from autoseg.losses.maps import skeleton_levels
+
+    assert not skeleton_levels(np.ones((5, 6), bool)).any()  # nothing erodes: no skeleton (clDice's too)
+    bar = np.zeros((9, 12), bool)
+    bar[2:7, 1:11] = True  # 5 rows thick: erodes twice to its middle row, which then opens to nothing
+    level = skeleton_levels(bar)
+    assert set(np.unique(level)) <= {0.0, 1.0, 2.0, 3.0}
+    np.testing.assert_array_equal(level[4, 3:9], 3)  # the middle row enters at erosion level 2
+    assert not level[~bar].any()
+
+
+def test_cldice_with_the_workers_map_equals_standalone_inside_deep_supervision_scales():
+    # the loss with the handed-in map equals the standalone loss, value and gradient, with an ignore label
+    from autoseg.losses.maps import compute_maps_torch
+
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 3, (2, 12, 14, 10), generator=g)
+    target[:, :2] = 7
+    logits = torch.randn(2, 3, 12, 14, 10, generator=g, dtype=torch.float64)
+    loss = ClDiceLoss(iterations=2, ignore_index=7, include_background=True)
+    maps = compute_maps_torch(target, 3, ("skeleton_level",), ignore_index=7)
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    va, vb = loss(a, target), loss(b, target, **maps)
+    va.backward()
+    vb.backward()
+    torch.testing.assert_close(vb, va, rtol=0, atol=0)
+    torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="skeleton_level"):
+        loss(logits, target, skeleton_level=maps["skeleton_level"][:, :2])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from autoseg.losses._functional import masked_probabilities, one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_logits_target, check_probability, check_reduction
 from autoseg.losses.base import RegionLoss
 from autoseg.losses.boundary._morphology import soft_skeleton
+from autoseg.losses.maps import resolve_map, skeleton_from_levels
 from autoseg.losses.region.dice import soft_dice_per_class
 from autoseg.losses.registry import register_loss
 
@@ -26,6 +29,7 @@ def soft_cldice_per_class(
     include_background: bool = False,
     batch: bool = False,
     smooth: float = 1.0,
+    skeleton_level: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Soft clDice coefficient ``[B, C']`` (``[1, C']`` with ``batch``) of the classes kept.
 
@@ -37,6 +41,10 @@ def soft_cldice_per_class(
     with :math:`S_P, S_T` the soft skeletons (:func:`~autoseg.losses.boundary._morphology.soft_skeleton`)
     of the class probability and of the one-hot reference. Ignored voxels are 0 in p and t before
     skeletonisation (so they erode like background) and add to no sum.
+
+    ``skeleton_level`` (``[B, C, *spatial]``, the map kind of :mod:`autoseg.losses.maps` that nnU-Net's
+    workers compute) gives :math:`S_T` without skeletonising the reference here: the same numbers
+    (the reference is binary), computed once per patch in the data workers.
     """
     target = check_logits_target(logits, target, ignore_index)
     if not include_background and logits.shape[1] < 2:
@@ -44,11 +52,18 @@ def soft_cldice_per_class(
     mask = valid_mask(target, ignore_index)
     probs = masked_probabilities(probabilities(logits), mask)
     onehot = one_hot(target, logits.shape[1], mask, probs.dtype)
+    if skeleton_level is not None:
+        level = resolve_map("skeleton_level", {"skeleton_level": skeleton_level}, target, logits.shape[1])
+        skel_true = skeleton_from_levels(level, iterations, probs.dtype)
     if not include_background:
         probs, onehot = probs[:, 1:], onehot[:, 1:]
+        if skeleton_level is not None:
+            skel_true = skel_true[:, 1:]
     skel_pred = soft_skeleton(probs, iterations)
-    with torch.no_grad():
-        skel_true = soft_skeleton(onehot, iterations)
+    if skeleton_level is None:
+        with torch.no_grad():
+            # contiguous like the workers' map: the same memory order gives the same round-off in backward
+            skel_true = soft_skeleton(onehot.contiguous(), iterations)
     if mask is not None:
         # erosions never raise a 0 voxel, so this only guards against round-off
         keep = mask.unsqueeze(1).to(probs.dtype)
@@ -73,6 +88,7 @@ def cldice_loss(
     batch: bool = False,
     smooth: float = 1.0,
     reduction: str = "mean",
+    skeleton_level: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Soft Dice + soft clDice loss, :math:`(1 - \alpha) L_{Dice} + \alpha (1 - \text{clDice})`.
 
@@ -90,6 +106,8 @@ def cldice_loss(
     paper asks for at least as many iterations as the largest tube radius in voxels. The official
     code pools all foreground channels and the batch into one ratio; here each class has its own
     (``batch=True`` pools the batch), so a multi-class problem does not mix the skeletons of classes.
+    Inside nnU-Net the reference's skeleton comes from the data workers (``skeleton_level``, the
+    same numbers); standalone it is computed here from ``target``.
 
     Example:
         >>> target = torch.zeros(1, 16, 16, dtype=torch.long)
@@ -103,7 +121,8 @@ def cldice_loss(
     check_reduction(reduction)
     alpha = check_probability("alpha", alpha)
     iterations = _check_iterations(iterations)
-    cl = soft_cldice_per_class(logits, target, iterations, ignore_index, include_background, batch, smooth)
+    cl = soft_cldice_per_class(logits, target, iterations, ignore_index, include_background, batch, smooth,
+                               skeleton_level)
     dice = soft_dice_per_class(logits, target, ignore_index, include_background, batch, smooth)
     per_case = (1 - alpha) * (1 - dice.mean(1)) + alpha * (1 - cl.mean(1))
     return reduce(per_case, reduction)
@@ -115,6 +134,9 @@ def cldice_loss(
 class ClDiceLoss(RegionLoss):
     """Soft Dice + soft clDice (skeleton-based topology precision and sensitivity), (1 - α)·Dice + α·clDice."""
 
+    #: the reference's skeleton, computed by nnU-Net's augmentation workers (standalone: from the target)
+    extra_inputs: ClassVar[tuple[str, ...]] = ("skeleton_level",)
+
     def __init__(self, alpha: float = 0.5, iterations: int = 3, *, include_background: bool = False,
                  batch: bool = False, smooth: float = 1.0, ignore_index: int | None = None,
                  reduction: str = "mean"):
@@ -123,5 +145,7 @@ class ClDiceLoss(RegionLoss):
         self.alpha = check_probability("alpha", alpha)
         self.iterations = _check_iterations(iterations)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cldice_loss(logits, target, self.alpha, self.iterations, **self.region_kwargs())
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(logits, target, extras)
+        return cldice_loss(logits, target, self.alpha, self.iterations, **self.region_kwargs(),
+                           skeleton_level=extras.get("skeleton_level"))
