@@ -73,7 +73,7 @@ def test_head_requests_merge_compounds_and_reject_conflicts():
     assert head_requests(build_loss("inverseform+dice")) == ({"boundary": 1}, False)
     assert head_requests(build_loss("boundary_aware", num_bins=4)) == ({"distance_bins": 4}, False)
     assert head_requests(build_loss("conditional_boundary+boundary_aware")) == (
-        {"embedding": 32, "distance_bins": 5}, False)
+        {"embedding": 16, "distance_bins": 5}, False)
     a, b = build_loss("boundary_aware", num_bins=3), build_loss("boundary_aware", num_bins=4)
     with pytest.raises(ValueError, match="distance_bins.*3 and 4"):
         head_requests(nn.ModuleList([a, b]))

@@ -17,7 +17,7 @@ from autoseg.trainers.heads import CHECKPOINT_KEY
 pytestmark = pytest.mark.slow
 
 HEAD_LOSSES = {"boundary_aware": {"distance_bins": 5}, "inverseform": {"boundary": 1},
-               "conditional_boundary": {"embedding": 32}}
+               "conditional_boundary": {"embedding": 16}}
 
 
 @pytest.fixture(scope="module")
