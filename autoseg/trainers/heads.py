@@ -5,6 +5,9 @@ A loss declares what it needs from the network on the instance (its hyper-parame
 - ``auxiliary_heads: dict[str, int]``: head name -> output channels. The trainer attaches one small
   head per entry (3x3 convolution, instance norm, leaky ReLU, 1x1 convolution) on the features of the
   last (full-resolution) decoder stage and hands its raw output to the loss as ``head_<name>``.
+- ``auxiliary_head_kernels: dict[str, int]`` (optional): head name -> size of the head's first
+  convolution, 3 when not given. 1 makes the head a per-voxel projection (two 1x1 convolutions), which
+  at full resolution costs a small fraction of a 3x3 one.
 - ``extra_inputs`` (the loss base's declaration of keyword inputs) names ``head_<name>`` for each
   of them, and ``decoder_features`` when the loss wants the last decoder stage's features themselves.
   Only the map kinds of ``autoseg.losses.maps`` among ``extra_inputs`` are computed by the workers;
@@ -106,10 +109,26 @@ def head_requests(loss: nn.Module) -> tuple[dict[str, int], bool]:
     return heads, features
 
 
-def _head(conv: type[nn.Module], norm: type[nn.Module], in_channels: int, out_channels: int) -> nn.Module:
+def head_kernels(loss: nn.Module) -> dict[str, int]:
+    """The first-convolution size of every head a loss (or a component) asks for: 3 unless it says otherwise."""
+    kernels: dict[str, int] = {}
+    for module in loss.modules():
+        own = getattr(module, "auxiliary_head_kernels", None) or {}
+        for name in getattr(module, "auxiliary_heads", None) or {}:
+            k = int(own.get(name, 3))
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{type(module).__name__} asks for head {name!r} with kernel {k}: odd sizes >= 1")
+            if kernels.get(name, k) != k:
+                raise ValueError(f"two components ask for head {name!r} with kernels {kernels[name]} and {k}")
+            kernels[name] = k
+    return kernels
+
+
+def _head(conv: type[nn.Module], norm: type[nn.Module], in_channels: int, out_channels: int,
+          kernel: int = 3) -> nn.Module:
     hidden = max(8, min(in_channels, 64))
     return nn.Sequential(
-        conv(in_channels, hidden, kernel_size=3, padding=1, bias=False),
+        conv(in_channels, hidden, kernel_size=kernel, padding=kernel // 2, bias=False),
         norm(hidden, affine=True),
         nn.LeakyReLU(0.01, inplace=True),
         conv(hidden, out_channels, kernel_size=1),
@@ -123,7 +142,8 @@ class AuxiliaryHeads(nn.Module):
     loss consumes, so sliding-window inference through the same network object computes no head.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, heads: dict[str, int], keep_features: bool = False):
+    def __init__(self, spatial_dims: int, in_channels: int, heads: dict[str, int], keep_features: bool = False,
+                 kernels: dict[str, int] | None = None):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -133,7 +153,9 @@ class AuxiliaryHeads(nn.Module):
         self.in_channels = int(in_channels)
         self.spec = {k: int(v) for k, v in heads.items()}
         self.keep_features = bool(keep_features)
-        self.heads = nn.ModuleDict({k: _head(conv, norm, self.in_channels, v) for k, v in self.spec.items()})
+        self.kernels = {k: int((kernels or {}).get(k, 3)) for k in self.spec}
+        self.heads = nn.ModuleDict({k: _head(conv, norm, self.in_channels, v, self.kernels[k])
+                                    for k, v in self.spec.items()})
         self._handle: Any = None
         self._capture = False
         self._outputs: dict[str, torch.Tensor] = {}
@@ -145,7 +167,7 @@ class AuxiliaryHeads(nn.Module):
         if not heads and not features:
             return None
         _, channels = last_decoder_stage(network)
-        aux = cls(spatial_dims, channels, heads, keep_features=features)
+        aux = cls(spatial_dims, channels, heads, keep_features=features, kernels=head_kernels(loss))
         aux.attach(network)
         return aux
 
@@ -191,10 +213,14 @@ class AuxiliaryHeads(nn.Module):
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"spec": dict(self.spec), "in_channels": self.in_channels, "spatial_dims": self.spatial_dims,
-                "keep_features": self.keep_features, "state_dict": self.state_dict()}
+                "keep_features": self.keep_features, "kernels": dict(self.kernels), "state_dict": self.state_dict()}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         if state.get("spec") != self.spec or state.get("in_channels") != self.in_channels:
             raise ValueError(f"checkpoint heads {state.get('spec')} on {state.get('in_channels')} channels do not match "
                              f"this loss's heads {self.spec} on {self.in_channels} channels")
+        # checkpoints written before kernels were recorded used 3 everywhere
+        saved = state.get("kernels", {k: 3 for k in self.spec})
+        if saved != self.kernels:
+            raise ValueError(f"checkpoint heads have first-convolution sizes {saved}, this loss's heads {self.kernels}")
         self.load_state_dict(state["state_dict"])

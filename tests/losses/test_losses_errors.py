@@ -67,6 +67,7 @@ BAD_VALUES = [
     ("conditional_boundary", {"temperature": 0}, "temperature"), ("conditional_boundary", {"radius": 0}, "radius"),
     ("conditional_boundary", {"max_samples": 0}, "max_samples"),
     ("conditional_boundary", {"embedding_dim": 0}, "embedding_dim"), ("conditional_boundary", {"seed": -1}, "seed"),
+    ("conditional_boundary", {"head_kernel": 2}, "head_kernel"),
     ("hausdorff_er", {"erosions": 0}, "erosions"), ("hausdorff_er", {"alpha": -1}, "alpha"),
     ("hausdorff_er", {"weight_dice": -1}, "weight_dice"), ("boundary_dou", {"alpha_max": 1.0}, "alpha_max"),
     ("cldice", {"alpha": 1.5}, "alpha"), ("cldice", {"iterations": -1}, "iterations"),

@@ -128,6 +128,38 @@ def test_checkpoint_state_round_trip_and_mismatch():
         AuxiliaryHeads(2, channels, {"boundary": 2}).load_checkpoint_state(a.checkpoint_state())
 
 
+def test_head_kernels_per_loss_default_three_and_conflicts():
+    from autoseg.trainers.heads import head_kernels
+
+    net, shape, channels = NETWORKS["plain3d"]()
+    dims = len(shape) - 2
+    # conditional_boundary asks for a per-voxel projection head, the others keep the 3x3 (3^d) head
+    loss = build_loss("conditional_boundary+boundary_aware")
+    assert head_kernels(loss) == {"embedding": 1, "distance_bins": 3}
+    heads = AuxiliaryHeads.for_loss(net, loss, dims)
+    assert heads.heads["embedding"][0].kernel_size == (1,) * dims
+    assert heads.heads["distance_bins"][0].kernel_size == (3,) * dims
+    with heads.capturing():
+        net(torch.randn(shape))
+    assert heads.pop_outputs()["head_embedding"].shape == (shape[0], 16, *shape[2:])
+    assert head_kernels(build_loss("conditional_boundary", head_kernel=3)) == {"embedding": 3}
+    with pytest.raises(ValueError, match="head_kernel"):
+        build_loss("conditional_boundary", head_kernel=2)
+    a, b = build_loss("conditional_boundary"), build_loss("conditional_boundary", head_kernel=3)
+    with pytest.raises(ValueError, match="embedding.*kernels 1 and 3"):
+        head_kernels(nn.ModuleList([a, b]))
+    # a checkpoint's heads must have the same first-convolution sizes (and old checkpoints meant 3)
+    one = AuxiliaryHeads(dims, channels, {"embedding": 16}, kernels={"embedding": 1})
+    state = one.checkpoint_state()
+    with pytest.raises(ValueError, match="first-convolution sizes"):
+        AuxiliaryHeads(dims, channels, {"embedding": 16}).load_checkpoint_state(state)
+    old = AuxiliaryHeads(dims, channels, {"embedding": 16}).checkpoint_state()
+    del old["kernels"]
+    AuxiliaryHeads(dims, channels, {"embedding": 16}).load_checkpoint_state(old)
+    with pytest.raises(ValueError, match="first-convolution sizes"):
+        one.load_checkpoint_state(old)
+
+
 def test_compound_components_get_only_their_own_head():
     # dice ignores heads, inverseform takes head_boundary, conditional_boundary head_embedding: each component
     # of the compound equals the same loss called alone with its own head.

@@ -171,8 +171,8 @@ class ConditionalBoundaryLoss(SegmentationLoss):
     extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
 
     def __init__(self, weight_a2c: float = 1.0, weight_a2pn: float = 1.0, temperature: float = 0.1,
-                 radius: int = 1, max_samples: int = 2048, embedding_dim: int = 16, seed: int = 0, *,
-                 ignore_index: int | None = None, reduction: str = "mean"):
+                 radius: int = 1, max_samples: int = 2048, embedding_dim: int = 16, seed: int = 0,
+                 head_kernel: int = 1, *, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.weight_a2c = check_positive("weight_a2c", weight_a2c, allow_zero=True)
         self.weight_a2pn = check_positive("weight_a2pn", weight_a2pn, allow_zero=True)
@@ -184,8 +184,13 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         if int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed}")
         self.seed = int(seed)
-        #: the trainer attaches a projection head of embedding_dim channels on the last decoder stage
+        if isinstance(head_kernel, bool) or head_kernel not in (1, 3):
+            raise ValueError(f"head_kernel must be 1 or 3, got {head_kernel!r}")
+        self.head_kernel = int(head_kernel)
+        #: the trainer attaches a projection head of embedding_dim channels on the last decoder stage;
+        #: per voxel (1x1 convolutions) by default, the usual projection head of contrastive losses
         self.auxiliary_heads = {HEAD: self.embedding_dim}
+        self.auxiliary_head_kernels = {HEAD: self.head_kernel}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
         unknown = set(extras) - {"head_" + HEAD}
