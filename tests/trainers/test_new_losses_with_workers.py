@@ -25,6 +25,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from autoseg.losses import build_loss, get_loss_info, list_losses
+from autoseg.losses import maps as maps_module
 from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.compound import CompoundLoss
 from autoseg.losses.maps import MAP_KINDS
@@ -119,6 +120,10 @@ def _reference_map(kind: str, label: np.ndarray, c: int, spacing) -> np.ndarray:
     raise AssertionError(f"no reference for map kind {kind!r}: add one here")
 
 
+def _refuse_maps(*args, **kwargs):
+    raise AssertionError("a loss computed ground-truth maps in the training process: the workers' maps were not used")
+
+
 def _expected_layout(loss: torch.nn.Module, weights: list[float]) -> list[set[str]]:
     """The kinds each deep-supervision scale must carry, from the loss's own declarations: every kind it
     declares at every weighted scale, at full resolution only for a full-resolution-only loss."""
@@ -157,7 +162,7 @@ def _check_worker_maps(trainer, batch, expected: list[set[str]], check_values: b
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("loss_name", LOSSES)
-def test_loss_trains_with_augmentation_workers(loss_name, workers_setup, tmp_path):
+def test_loss_trains_with_augmentation_workers(loss_name, workers_setup, tmp_path, monkeypatch):
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
     from autoseg.trainers.factory import make_trainer_class
@@ -182,6 +187,9 @@ def test_loss_trains_with_augmentation_workers(loss_name, workers_setup, tmp_pat
         wanted_heads = {HEAD_PREFIX + h for h in head_requests(trainer.autoseg_loss)[0]}
         handed = []  # what the deep-supervision loss receives: (outputs, targets, extras per scale)
         trainer.loss.register_forward_pre_hook(lambda module, args: handed.append(args[2]))
+        # The workers are running (forked above); from now on, a loss that computed its ground-truth maps
+        # itself in this process (its standalone fallback) instead of using the workers' would fail here.
+        monkeypatch.setattr(maps_module, "compute_maps", _refuse_maps)
 
         trainer.on_epoch_start()  # the epoch hook (Kervadec's schedule) runs as in nnU-Net's loop
         trainer.on_train_epoch_start()
@@ -254,5 +262,6 @@ def _predict_with_api(model_folder: str, r: dict, env: dict, tmp_path: Path) -> 
     inp, case = _one_case(r, env, tmp_path)
     predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    (tmp_path / "out").mkdir()  # the sequential path writes its arguments file there before creating it
     predictor.predict_from_files_sequential(str(inp), str(tmp_path / "out"), save_probabilities=False, overwrite=True)
     _check_segmentation(tmp_path / "out" / case.name.replace("_0000", ""), case, r, env)
