@@ -157,7 +157,7 @@ def _check_worker_maps(trainer, batch, expected: list[set[str]], check_values: b
                 for c in range(num_classes):
                     np.testing.assert_allclose(got[b, c], _reference_map(kind, lab[b, 0], c, scale_spacing),
                                                rtol=1e-5, atol=1e-4, err_msg=f"{kind} scale {scale} case {b} class {c}")
-    # the workers computed the maps of labels they augmented: at least one distance map is not 0
+    # maps left at 0 everywhere would equal the reference only for patches without a boundary: rule that out
     if check_values and any(expected):
         assert any(float(v.abs().max()) > 0 for e in extras for v in e.values())
 
@@ -187,7 +187,7 @@ def test_loss_trains_with_augmentation_workers(loss_name, workers_setup, tmp_pat
         weights = trainer.deep_supervision_weights()
         expected = _expected_layout(trainer.autoseg_loss, weights)
         wanted_heads = {HEAD_PREFIX + h for h in head_requests(trainer.autoseg_loss)[0]}
-        handed = []  # what the deep-supervision loss receives: (outputs, targets, extras per scale)
+        handed = []  # the extras (one dict per scale) the deep-supervision loss receives at each call
         trainer.loss.register_forward_pre_hook(lambda module, args: handed.append(args[2]))
         # The workers are running (forked above); from now on, a loss that computed its ground-truth maps
         # itself in this process (its standalone fallback) instead of using the workers' would fail here.
