@@ -46,6 +46,7 @@ class FoldRecord:
     error: str | None = None
     attempts: int = 0  # times a worker started it (a resumed run counts again)
     device: str = ""
+    precision: str = ""  # of the training step: fp16-amp (CUDA), bf16 or fp32 (CPU); see autoseg/precision.py
     host: str = ""
     executor: str = ""
     job_id: str | None = None  # the executor's id of the job running it (a Slurm job), where it has one

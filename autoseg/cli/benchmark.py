@@ -7,7 +7,13 @@ import json
 import os
 
 from autoseg.cli.main import CliError
-from autoseg.cli.plan_and_train import _jsonable, _stdout_to_stderr, add_budget_arguments, resolve_budget
+from autoseg.cli.plan_and_train import (
+    _jsonable,
+    _stdout_to_stderr,
+    add_budget_arguments,
+    apply_cpu_precision,
+    resolve_budget,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 8)))
     if args.action == "status":
         return _status(args)
+    apply_cpu_precision(args)
     from autoseg import console
 
     def log(message: str) -> None:

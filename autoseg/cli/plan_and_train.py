@@ -73,6 +73,9 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, help="override the budget's iterations per epoch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="training device (default: the best available)")
+    p.add_argument("--cpu-precision", default=None, choices=["auto", "bf16", "fp32"],
+                   help="training precision on a CPU (default auto: bfloat16 autocast where the CPU computes it "
+                        "natively, else float32; sets AUTOSEG_CPU_PRECISION; see autoseg/precision.py)")
     p.add_argument("--work-dir", default=None,
                    help="folder for nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default: $AUTOSEG_HOME or "
                         "~/autoseg_work); the nnUNet_* environment variables win when set")
@@ -84,6 +87,14 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
                    help="show nnU-Net's own output (plans, progress bars, per-epoch blocks) here instead of in the "
                         "log file whose path is printed")
     p.add_argument("--limit-cases", type=int, default=None, help=argparse.SUPPRESS)  # tests: a few bundled cases
+
+
+def apply_cpu_precision(args: argparse.Namespace) -> None:
+    """``--cpu-precision`` into the environment, where the trainer, the cost model and worker processes read it."""
+    if getattr(args, "cpu_precision", None):
+        from autoseg.precision import ENV
+
+        os.environ[ENV] = args.cpu_precision
 
 
 def resolve_budget(args: argparse.Namespace, datasets: list[str | None]):
@@ -170,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise CliError(f"--jobs must be at least 1, got {args.jobs}")
+    apply_cpu_precision(args)
     budget, plan = resolve_budget(args, [args.dataset])
     if plan is not None:
         plan.arch = args.arch

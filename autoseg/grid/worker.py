@@ -59,6 +59,7 @@ def execute(task: RunTask, log: Callable[[str], None] = print) -> int:
 
 def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], None]) -> int:
     from autoseg.paths import WorkDirs, configure_nnunet
+    from autoseg.precision import training_precision
 
     t0 = time.time()
     fold_dir = task.fold_dir
@@ -66,6 +67,7 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     record.status, record.error, record.attempts = "running", None, record.attempts + 1
     record.started, record.finished, record.host = _now(), None, socket.gethostname()
     record.device, record.executor = task.device, task.executor
+    record.precision = training_precision(task.device)
     save(record, store, fold_dir)
     try:
         if task.threads:
@@ -150,7 +152,7 @@ def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: C
             n_it = trainer.num_epochs * trainer.num_iterations_per_epoch
             log(f"  {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} iterations ({n_it} in all), "
                 f"batch {trainer.configuration_manager.batch_size}, patch {trainer.configuration_manager.patch_size}"
-                + (f", seed {record.seed}" if record.seed else ""))
+                + (f", seed {record.seed}" if record.seed else "") + f", {trainer.training_precision}")
             trainer.run_training()
         log("  validating (sliding window with mirroring, nnU-Net's evaluation)")
         trainer.perform_actual_validation(save_probabilities=False)

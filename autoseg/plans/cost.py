@@ -25,7 +25,7 @@ SOFTMAX_OPS = {torch.ops.aten._softmax, torch.ops.aten._softmax_backward_data, t
 BENCH_WIDTHS = (4, 8, 16, 32, 64, 128)
 #: narrowest matrix dimension the matmul benchmark is run at (attention heads are 4 to 32 wide)
 MATMUL_WIDTHS = (4, 8, 16, 32, 64, 256)
-COST_MODEL_VERSION = 3
+COST_MODEL_VERSION = 4  # 4: measured in the training precision (autoseg/precision.py)
 
 
 @dataclass
@@ -120,6 +120,7 @@ class MachineCosts:
     machine: str
     torch_version: str
     version: int = COST_MODEL_VERSION
+    precision: str = "fp32"  # the training precision the arithmetic was measured in
 
     def conv_rate(self, dims: str, width: int) -> float:
         return _interp(self.conv_s_per_flop[dims], width)
@@ -216,19 +217,24 @@ def _data_rate(dims: int) -> float:
 
 def benchmark_machine(device: str = "cpu") -> MachineCosts:
     """Measure convolution, matmul, element-wise and augmentation speed of ``device`` (a few seconds)."""
+    from autoseg.precision import autocast, training_precision
+
     t0 = time.perf_counter()
     dev = torch.device(device)
     torch.manual_seed(0)
-    conv = {str(d): {str(w): _conv_rate(d, w, dev) for w in BENCH_WIDTHS} for d in (2, 3)}
-    mm = {str(w): _matmul_rate(w, dev) for w in MATMUL_WIDTHS}
-    # 7x7x7 windows of Swin attention; as large as in training (tens of millions of scores), past the caches
-    att = torch.randn(96, 343, 343, device=dev, requires_grad=True)
-    grad = torch.randn_like(att)
-    sm_s = _time(lambda: (torch.softmax(att, -1).backward(grad), _sync(dev)))
-    sm_elements = 2 * att.numel()  # forward and backward each write one tensor of that size
-    norm = torch.nn.Sequential(torch.nn.InstanceNorm3d(16, affine=True), torch.nn.LeakyReLU(inplace=True)).to(dev)
-    x = torch.randn(2, 16, 48, 64, 48, device=dev, requires_grad=True)  # activations of a U-Net's first stage
-    ew_s = _time(lambda: (norm(x * 1.0).sum().backward(), _sync(dev)))
+    precision = training_precision(dev.type)
+    # the network's arithmetic is measured in the precision its training step runs in
+    with autocast(precision):
+        conv = {str(d): {str(w): _conv_rate(d, w, dev) for w in BENCH_WIDTHS} for d in (2, 3)}
+        mm = {str(w): _matmul_rate(w, dev) for w in MATMUL_WIDTHS}
+        # 7x7x7 windows of Swin attention; as large as in training (tens of millions of scores), past the caches
+        att = torch.randn(96, 343, 343, device=dev, requires_grad=True)
+        grad = torch.randn_like(att)
+        sm_s = _time(lambda: (torch.softmax(att, -1).backward(grad), _sync(dev)))
+        sm_elements = 2 * att.numel()  # forward and backward each write one tensor of that size
+        norm = torch.nn.Sequential(torch.nn.InstanceNorm3d(16, affine=True), torch.nn.LeakyReLU(inplace=True)).to(dev)
+        x = torch.randn(2, 16, 48, 64, 48, device=dev, requires_grad=True)  # activations of a U-Net's first stage
+        ew_s = _time(lambda: (norm(x * 1.0).sum().backward(), _sync(dev)))
     ew_counts = count_network(_ElementwiseProbe(), tuple(x.shape))
     data = {str(d): _data_rate(d) for d in (2, 3)}
     op_probe = _OperationProbe()
@@ -241,7 +247,7 @@ def benchmark_machine(device: str = "cpu") -> MachineCosts:
         s_per_element=ew_s / max(ew_counts.elements, 1.0), s_per_operation=op_s / op_counts.operations,
         data_s_per_voxel=data,
         fixed_s=0.01 if device == "cpu" else 0.005, seconds_spent=round(time.perf_counter() - t0, 2),
-        machine=platform.node(), torch_version=torch.__version__,
+        machine=platform.node(), torch_version=torch.__version__, precision=precision,
     )
 
 
@@ -279,8 +285,11 @@ class _ElementwiseProbe(torch.nn.Module):
 def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = None, refresh: bool = False,
                   log=None) -> MachineCosts:
     """The micro-benchmark of this machine, cached in ``cache_dir`` per host, device, threads and torch."""
+    from autoseg.precision import training_precision
+
     threads = torch.get_num_threads()
-    key = f"autoseg_machine_{platform.node()}_{device}_{threads}t_v{COST_MODEL_VERSION}.json"
+    precision = training_precision(torch.device(device).type)
+    key = f"autoseg_machine_{platform.node()}_{device}_{threads}t_{precision}_v{COST_MODEL_VERSION}.json"
     path = Path(cache_dir) / key if cache_dir is not None else None
     if path is not None and path.is_file() and not refresh:
         data = json.loads(path.read_text())

@@ -13,9 +13,8 @@ import torch
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
+from autoseg import precision as _precision
 from autoseg.console import say
 from autoseg.losses import SegmentationLoss, build_loss
 from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
@@ -66,6 +65,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         self.autoseg_heads: AuxiliaryHeads | None = None
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
+        #: "fp16-amp" (CUDA, nnU-Net's), "bf16" (CPUs with native bfloat16) or "fp32": see autoseg/precision.py
+        self.training_precision = _precision.training_precision(self.device.type)
 
     def initialize(self):
         # nnU-Net seeds nothing; a grid needs seeds that really change training (weight initialisation,
@@ -122,7 +123,7 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             if not captured:
                 raise RuntimeError("the loss asks for auxiliary heads but none were captured in this forward pass")
             extras = [dict(e) for e in extras] if extras else [{} for _ in (output if isinstance(output, list) else [0])]
-            extras[0].update(captured)
+            extras[0].update(_precision.to_float32(captured))
         return self.loss(output, target, extras)
 
     def _do_i_compile(self):
@@ -193,6 +194,19 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             return {k: self._to_device(v) for k, v in x.items()}
         return x.to(self.device, non_blocking=True)
 
+    def _forward_and_loss(self, data, target, extras):
+        """The network's output and the loss, in the run's precision (autoseg/precision.py).
+
+        CUDA: nnU-Net's float16 autocast around both. bfloat16 on a CPU: the network under autocast,
+        the loss in float32 on the outputs cast back (its sums run over the whole patch).
+        """
+        with _precision.autocast(self.training_precision):
+            output = self.network(data)
+            if self.training_precision != "bf16":
+                return output, self.compute_loss(output, target, extras)
+        output = _precision.to_float32(output)
+        return output, self.compute_loss(output, target, extras)
+
     def train_step(self, batch: dict) -> dict:
         # nnU-Net's train_step, with the target unpacked into labels and maps and the loss taken
         # from compute_loss.
@@ -200,9 +214,7 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         target, extras = self.split_batch_target(batch["target"])
         target, extras = self._to_device(target), self._to_device(extras)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
-            loss = self.compute_loss(output, target, extras)
+        output, loss = self._forward_and_loss(data, target, extras)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -221,10 +233,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         data = batch["data"].to(self.device, non_blocking=True)
         target, extras = self.split_batch_target(batch["target"])
         target, extras = self._to_device(target), self._to_device(extras)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
-            del data
-            loss = self.compute_loss(output, target, extras)
+        output, loss = self._forward_and_loss(data, target, extras)
+        del data
         if self.enable_deep_supervision:
             output, target = output[0], target[0]
         axes = [0] + list(range(2, output.ndim))
@@ -255,6 +265,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        self.print_to_log_file(f"training precision: {self.training_precision} (autoseg/precision.py)",
+                               also_print_to_console=False)
         if self.autoseg_heads is not None:
             self.autoseg_heads.set_capture(True)
 
@@ -316,7 +328,15 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
 
     def on_epoch_end(self):
         done = self.current_epoch + 1
-        super().on_epoch_end()
+        # nnU-Net redraws progress.png after every epoch: about half a second of matplotlib on this
+        # CPU, 4 to 7 % of a quick epoch. It is drawn when checkpoint_latest is written and at the end.
+        redraw = done % self.save_every == 0 or done >= self.num_epochs
+        if not redraw:
+            self.logger.plot_progress_png = _skip_plot
+        try:
+            super().on_epoch_end()
+        finally:
+            self.logger.__dict__.pop("plot_progress_png", None)
         self._epoch_seconds.append(time.time() - self._epoch_started)
         if self.console_log or self.local_rank != 0:
             return
@@ -348,6 +368,10 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
 
 #: after this many epochs a run prints its cost measured so far against the plan's estimate
 CORRECTION_EPOCHS = 3
+
+
+def _skip_plot(output_folder: str) -> None:
+    """Stands in for the logger's plot_progress_png on epochs that draw no picture."""
 
 
 def seed_everything(seed: int) -> None:
