@@ -76,9 +76,10 @@ class _NeighbourPick(torch.autograd.Function):
             o = out.narrow(axis, max(0, -step), n - 1)
             nb = x.narrow(axis, max(0, step), n - 1)
             c = code.narrow(axis, max(0, -step), n - 1)
-            better = (nb > o if largest else nb < o).to(torch.uint8)
-            c.add_(better * (k - c))
-            o.copy_(torch.maximum(o, nb) if largest else torch.minimum(o, nb))
+            better = (nb > o if largest else nb < o).view(torch.uint8)
+            # k exceeds every code set so far, so max(code, better * k) sets k exactly where better
+            torch.maximum(c, better.mul_(k), out=c)
+            (torch.maximum if largest else torch.minimum)(o, nb, out=o)
         ctx.save_for_backward(code)
         ctx.offsets = offsets
         return out
@@ -87,14 +88,15 @@ class _NeighbourPick(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (code,) = ctx.saved_tensors
-        g = grad * (code == 0).to(grad.dtype)
+        g = grad * (code == 0).view(torch.uint8).to(grad.dtype)
         for k, (axis, step) in enumerate(ctx.offsets, 1):
             n = grad.shape[axis]
             if n < 2:
                 continue
             dst = max(0, -step)
-            chosen = (code.narrow(axis, dst, n - 1) == k).to(grad.dtype)
-            g.narrow(axis, max(0, step), n - 1).add_(grad.narrow(axis, dst, n - 1) * chosen)
+            # bool -> uint8 (a view) -> float: much cheaper on the CPU than bool -> float or torch.where
+            chosen = (code.narrow(axis, dst, n - 1) == k).view(torch.uint8).to(grad.dtype)
+            g.narrow(axis, max(0, step), n - 1).addcmul_(grad.narrow(axis, dst, n - 1), chosen)
         return g, None, None
 
 
