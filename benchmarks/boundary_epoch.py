@@ -69,6 +69,7 @@ def _find_dataset(work: Path, configuration: str | None):
 def time_loss(loss: str, plans, configuration, dataset_json, device, iterations: int, warmup: int) -> dict:
     import torch
 
+    from autoseg import precision
     from autoseg.trainers.factory import make_trainer_class
     from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings
 
@@ -90,15 +91,20 @@ def time_loss(loss: str, plans, configuration, dataset_json, device, iterations:
             target, extras = trainer.split_batch_target(batch["target"])
             target, extras = trainer._to_device(target), trainer._to_device(extras)
             trainer.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
+            # the trainer's precision (autoseg/precision.py): bf16 keeps the loss in float32, outside autocast
+            bf16 = trainer.training_precision == "bf16"
+            with precision.autocast(trainer.training_precision):
                 _sync(device)
                 t2 = time.perf_counter()
                 output = trainer.network(data)
                 _sync(device)
                 t3 = time.perf_counter()
-                value = trainer.compute_loss(output, target, extras)
-                _sync(device)
-                t4 = time.perf_counter()
+                if not bf16:
+                    value = trainer.compute_loss(output, target, extras)
+            if bf16:
+                value = trainer.compute_loss(precision.to_float32(output), target, extras)
+            _sync(device)
+            t4 = time.perf_counter()
             if trainer.grad_scaler is not None:
                 trainer.grad_scaler.scale(value).backward()
                 trainer.grad_scaler.unscale_(trainer.optimizer)
@@ -172,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timing {loss} ...", file=sys.stderr, flush=True)
         results[loss] = time_loss(loss, plans, configuration, dataset_json, device, args.iterations, args.warmup)
     base = results["dice_ce"]["wall"]
-    print(f"\n{dataset} {configuration}, device {device}, {args.workers} workers, {args.iterations} iterations"
+    from autoseg.precision import training_precision
+
+    print(f"\n{dataset} {configuration}, device {device} ({training_precision(device.type)}), {args.workers} workers, "
+          f"{args.iterations} iterations"
           f"{' (SMOKE: not a measurement)' if args.smoke else ''}\n")
     print("| loss | wall s/it | x dice_ce | data wait | network | loss | backward | maps (worker CPU s/batch) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -77,10 +77,10 @@ def test_bf16_runs_the_network_in_bf16_and_the_loss_in_float32(smoke_trainer_fac
         trainer.on_train_start()
         conv_dtypes, loss_dtypes = [], []
         first_conv = next(m for m in trainer.network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
-        first_conv.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
+        first_conv.register_forward_hook(lambda m, i, o, seen=conv_dtypes: seen.append(o.dtype))
         compute_loss = trainer.compute_loss
 
-        def spy(output, target, extras):
+        def spy(output, target, extras, compute_loss=compute_loss, loss_dtypes=loss_dtypes):
             loss_dtypes.extend(o.dtype for o in (output if isinstance(output, list) else [output]))
             return compute_loss(output, target, extras)
 
