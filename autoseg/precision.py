@@ -10,6 +10,7 @@ the optimiser and the loss stay float32 (the network's outputs are cast back bef
 losses sum over hundreds of thousands of voxels). Inference (nnU-Net's sliding-window validation and
 ``nnUNetv2_predict``) stays float32.
 
+``auto`` keeps SwinUNETR (``--arch transformer``) in float32 (see ``CPU_FP32_ARCHITECTURES``).
 ``AUTOSEG_CPU_PRECISION`` (``auto``, ``bf16``, ``fp32``; the CLI's ``--cpu-precision``) chooses; the
 trainer, the planner's cost model and the run's record all read it through :func:`training_precision`,
 so the estimate is measured in the precision the run trains in and the record says which it was.
@@ -42,15 +43,21 @@ def cpu_precision_choice() -> str:
     return value
 
 
-def training_precision(device_type: str) -> str:
-    """``"fp16-amp"`` (CUDA, nnU-Net's own), ``"bf16"`` or ``"fp32"``: what a training step on ``device_type`` uses."""
+#: architectures ``auto`` keeps in float32 on a CPU: a SwinUNETR test run under bfloat16 autocast gave NaN
+#: logits within three steps (2026-11-30, not reproduced in isolation, not investigated further)
+CPU_FP32_ARCHITECTURES = ("transformer",)
+
+
+def training_precision(device_type: str, architecture: str = "cnn") -> str:
+    """``"fp16-amp"`` (CUDA, nnU-Net's own), ``"bf16"`` or ``"fp32"``: what a training step of ``architecture``
+    (autoseg's name: cnn, cnn_resenc, transformer) on ``device_type`` uses."""
     if device_type == "cuda":
         return "fp16-amp"
     if device_type != "cpu":
         return "fp32"  # nnU-Net trains other devices (mps) without autocast
     choice = cpu_precision_choice()
     if choice == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_has_native_bf16() and architecture not in CPU_FP32_ARCHITECTURES else "fp32"
     return choice
 
 

@@ -210,7 +210,8 @@ def planned_configuration(plans_file: Path, base_configuration: str, request: An
         raise PlanError(f"nnU-Net did not plan {base_configuration!r} for {ds.name}; it planned "
                         f"{', '.join(c for c in plans['configurations'] if c in CONFIGURATIONS)}")
     fingerprint = read_json(plans_file.parent / "dataset_fingerprint.json")
-    costs = machine_costs(request.device, cache_dir=dirs.preprocessed, refresh=refresh_benchmark, log=log)
+    costs = machine_costs(request.device, cache_dir=dirs.preprocessed, refresh=refresh_benchmark, log=log,
+                          architecture=request.arch)
     dj = ds.dataset_json
     labels = [k for k in dj["labels"] if k != "ignore"]
     in_channels = len(dj.get("channel_names", dj.get("modality", {"0": 0})))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -50,3 +51,26 @@ def smoke_run(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {"work": work, "result": json.loads(proc.stdout), "stderr": proc.stderr, "env": env}
+
+
+@contextlib.contextmanager
+def smoke_nnunet(smoke_run: dict, results: Path, **extra_env: str):
+    """nnU-Net's folders in this process's environment over the shared smoke run's raw and preprocessed
+    data, with trainings written to ``results``; restored on exit. Yields ``(plans, dataset_json,
+    smoke result, env)``. ``extra_env`` adds variables (``nnUNet_n_proc_DA``, ``nnUNet_extTrainer`` ...)."""
+    work = Path(smoke_run["work"])
+    r = smoke_run["result"]
+    env = {"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+           "nnUNet_results": str(results), **extra_env}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    plans = json.loads((work / "nnUNet_preprocessed" / r["dataset"] / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
+    try:
+        yield plans, dataset_json, r, env
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -114,7 +114,8 @@ def estimate_seconds(prepared, device: str = "cpu") -> float | None:
         dj = prepared.dataset.dataset_json
         in_channels = len(dj.get("channel_names", {"0": 0}))
         n_classes = len([k for k in dj["labels"] if k != "ignore"])
-        costs = machine_costs("cuda" if device == "cuda" else "cpu", cache_dir=prepared.dirs.preprocessed)
+        costs = machine_costs("cuda" if device == "cuda" else "cpu", cache_dir=prepared.dirs.preprocessed,
+                              architecture=block.get("autoseg", {}).get("architecture", "cnn"))
         try:
             with torch.device("meta"):
                 net = build_network(block["architecture"], in_channels, n_classes)

@@ -67,7 +67,7 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     record.status, record.error, record.attempts = "running", None, record.attempts + 1
     record.started, record.finished, record.host = _now(), None, socket.gethostname()
     record.device, record.executor = task.device, task.executor
-    record.precision = training_precision(task.device)
+    record.precision = training_precision(task.device, record.architecture)
     save(record, store, fold_dir)
     try:
         if task.threads:

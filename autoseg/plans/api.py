@@ -54,7 +54,8 @@ def plan_dataset(
     plans_file = nnunet_plans(ds, dirs, verify, num_processes, log)
     plans = json.loads(plans_file.read_text())
     fingerprint = json.loads((plans_file.parent / "dataset_fingerprint.json").read_text())
-    costs = machine_costs(request.device, cache_dir=dirs.preprocessed, refresh=refresh_benchmark, log=log)
+    costs = machine_costs(request.device, cache_dir=dirs.preprocessed, refresh=refresh_benchmark, log=log,
+                          architecture=request.arch)
     n_cases = len(fingerprint["spacings"])
     out: dict[str, Any] = {
         "dataset": ds.name, "plans_file": str(plans_file), "device": request.device,

@@ -215,14 +215,15 @@ def _data_rate(dims: int) -> float:
     return _time(step, repeats=8, mean=True) / float(np.prod(patch))
 
 
-def benchmark_machine(device: str = "cpu") -> MachineCosts:
-    """Measure convolution, matmul, element-wise and augmentation speed of ``device`` (a few seconds)."""
+def benchmark_machine(device: str = "cpu", architecture: str = "cnn") -> MachineCosts:
+    """Measure convolution, matmul, element-wise and augmentation speed of ``device`` (a few seconds), in the
+    precision ``architecture`` trains in there."""
     from autoseg.precision import autocast, training_precision
 
     t0 = time.perf_counter()
     dev = torch.device(device)
     torch.manual_seed(0)
-    precision = training_precision(dev.type)
+    precision = training_precision(dev.type, architecture)
     # the network's arithmetic is measured in the precision its training step runs in
     with autocast(precision):
         conv = {str(d): {str(w): _conv_rate(d, w, dev) for w in BENCH_WIDTHS} for d in (2, 3)}
@@ -283,12 +284,12 @@ class _ElementwiseProbe(torch.nn.Module):
 
 
 def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = None, refresh: bool = False,
-                  log=None) -> MachineCosts:
+                  log=None, architecture: str = "cnn") -> MachineCosts:
     """The micro-benchmark of this machine, cached in ``cache_dir`` per host, device, threads and torch."""
     from autoseg.precision import training_precision
 
     threads = torch.get_num_threads()
-    precision = training_precision(torch.device(device).type)
+    precision = training_precision(torch.device(device).type, architecture)
     key = f"autoseg_machine_{platform.node()}_{device}_{threads}t_{precision}_v{COST_MODEL_VERSION}.json"
     path = Path(cache_dir) / key if cache_dir is not None else None
     if path is not None and path.is_file() and not refresh:
@@ -297,7 +298,7 @@ def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = Non
             return MachineCosts(**data)
     if log:
         log(f"measuring this machine ({device}, {threads} threads): convolution, matmul and augmentation speed")
-    costs = benchmark_machine(device)
+    costs = benchmark_machine(device, architecture)
     if path is not None:
         from autoseg.io import atomic_write_json
 

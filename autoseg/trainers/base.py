@@ -66,7 +66,8 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
         self._epoch_started = time.time()
         self._epoch_seconds: list[float] = []
         #: "fp16-amp" (CUDA, nnU-Net's), "bf16" (CPUs with native bfloat16) or "fp32": see autoseg/precision.py
-        self.training_precision = _precision.training_precision(self.device.type)
+        self.training_precision = _precision.training_precision(self.device.type,
+                                                                block.get("architecture", "cnn"))
 
     def initialize(self):
         # nnU-Net seeds nothing; a grid needs seeds that really change training (weight initialisation,

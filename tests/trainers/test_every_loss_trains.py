@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_nnunet
 
 from autoseg.losses import list_losses
 
@@ -16,21 +15,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def nnunet_setup(smoke_run, tmp_path_factory):
-    work = Path(smoke_run["work"])
-    r = smoke_run["result"]
     results = tmp_path_factory.mktemp("results")
-    env = {"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
-           "nnUNet_results": str(results), "nnUNet_n_proc_DA": "0"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    plans = json.loads((work / "nnUNet_preprocessed" / r["dataset"] / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
-    yield plans, dataset_json, r["configuration"], results
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with smoke_nnunet(smoke_run, results, nnUNet_n_proc_DA="0") as (plans, dataset_json, r, _):
+        yield plans, dataset_json, r["configuration"], results
 
 
 @pytest.mark.parametrize("loss", list_losses())

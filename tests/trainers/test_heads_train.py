@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import smoke_nnunet
 
 from autoseg.trainers.heads import CHECKPOINT_KEY
 
@@ -24,21 +24,9 @@ HEAD_LOSSES = {"boundary_aware": {"distance_bins": 5}, "inverseform": {"boundary
 def nnunet_setup(smoke_run, tmp_path_factory):
     from autoseg.paths import extension_trainer_dir
 
-    work = Path(smoke_run["work"])
-    r = smoke_run["result"]
-    results = tmp_path_factory.mktemp("results_heads")
-    env = {"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
-           "nnUNet_results": str(results), "nnUNet_n_proc_DA": "0", "nnUNet_extTrainer": str(extension_trainer_dir())}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    plans = json.loads((work / "nnUNet_preprocessed" / r["dataset"] / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
-    yield plans, dataset_json, r, env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with smoke_nnunet(smoke_run, tmp_path_factory.mktemp("results_heads"), nnUNet_n_proc_DA="0",
+                      nnUNet_extTrainer=str(extension_trainer_dir())) as setup:
+        yield setup
 
 
 def _trainer(loss, plans, dataset_json, configuration):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import smoke_nnunet
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
@@ -81,22 +82,9 @@ def test_the_list_holds_every_loss_of_issue_9():
 def workers_setup(smoke_run, tmp_path_factory):
     from autoseg.paths import extension_trainer_dir
 
-    work = Path(smoke_run["work"])
-    r = smoke_run["result"]
-    results = tmp_path_factory.mktemp("results_workers")
-    env = {"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
-           "nnUNet_results": str(results), "nnUNet_n_proc_DA": str(N_WORKERS),
-           "nnUNet_extTrainer": str(extension_trainer_dir())}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    plans = json.loads((work / "nnUNet_preprocessed" / r["dataset"] / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
-    yield plans, dataset_json, r, env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with smoke_nnunet(smoke_run, tmp_path_factory.mktemp("results_workers"), nnUNet_n_proc_DA=str(N_WORKERS),
+                      nnUNet_extTrainer=str(extension_trainer_dir())) as setup:
+        yield setup
 
 
 # ------------------------------------------------------------------ independent references of the maps

@@ -3,12 +3,11 @@ the progress picture drawn only with checkpoints."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_nnunet
 
 from autoseg import precision
 
@@ -19,10 +18,13 @@ def test_choice_follows_device_and_environment(monkeypatch):
     assert precision.training_precision("mps") == "fp32"
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.training_precision("cpu") == "bf16"
+    assert precision.training_precision("cpu", "cnn_resenc") == "bf16"
+    assert precision.training_precision("cpu", "transformer") == "fp32"  # auto keeps SwinUNETR in float32
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert precision.training_precision("cpu") == "fp32"  # emulated bf16 would be slower than float32
     monkeypatch.setenv(precision.ENV, "bf16")
     assert precision.training_precision("cpu") == "bf16"
+    assert precision.training_precision("cpu", "transformer") == "bf16"  # an explicit choice wins
     monkeypatch.setenv(precision.ENV, "FP32")
     assert precision.training_precision("cpu") == "fp32"
     monkeypatch.setenv(precision.ENV, "half")
@@ -48,23 +50,17 @@ def test_cli_rejects_an_unknown_precision(capsys):
 
 @pytest.fixture
 def smoke_trainer_factory(smoke_run, tmp_path, monkeypatch):
-    work = Path(smoke_run["work"])
-    r = smoke_run["result"]
-    for k, v in {"nnUNet_raw": work / "nnUNet_raw", "nnUNet_preprocessed": work / "nnUNet_preprocessed",
-                 "nnUNet_results": tmp_path / "results", "nnUNet_n_proc_DA": "0"}.items():
-        monkeypatch.setenv(k, str(v))
-    plans = json.loads((work / "nnUNet_preprocessed" / r["dataset"] / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
+    with smoke_nnunet(smoke_run, tmp_path / "results", nnUNet_n_proc_DA="0") as (plans, dataset_json, r, _):
 
-    def make(loss: str, cpu_precision: str):
-        from autoseg.trainers.factory import make_trainer_class
+        def make(loss: str, cpu_precision: str):
+            from autoseg.trainers.factory import make_trainer_class
 
-        monkeypatch.setenv(precision.ENV, cpu_precision)
-        cls = make_trainer_class(loss)
-        return cls(plans={**plans, "continue_training": False}, configuration=r["configuration"], fold=0,
-                   dataset_json=dataset_json, device=torch.device("cpu"))
+            monkeypatch.setenv(precision.ENV, cpu_precision)
+            cls = make_trainer_class(loss)
+            return cls(plans={**plans, "continue_training": False}, configuration=r["configuration"], fold=0,
+                       dataset_json=dataset_json, device=torch.device("cpu"))
 
-    return make
+        yield make
 
 
 @pytest.mark.slow
