@@ -62,15 +62,22 @@ def smoke_nnunet(smoke_run: dict, results: Path, **extra_env: str):
     r = smoke_run["result"]
     env = {"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
            "nnUNet_results": str(results), **extra_env}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    from autoseg.prepare import temporary_env
+
     plans = json.loads((work / "nnUNet_preprocessed" / r["dataset"] / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
-    try:
+    with temporary_env(**env):
         yield plans, dataset_json, r, env
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
+
+def scipy_signed(label, c: int, spacing):
+    """Independent oracle: scipy's exact signed distance to class ``c`` (negative inside, 0 for an empty
+    or full class), in ``spacing``."""
+    import numpy as np
+    from scipy import ndimage
+
+    m = label == c
+    if not m.any() or m.all():
+        return np.zeros(label.shape)
+    return np.where(m, -ndimage.distance_transform_edt(m, sampling=spacing),
+                    ndimage.distance_transform_edt(~m, sampling=spacing))

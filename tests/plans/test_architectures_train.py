@@ -14,6 +14,7 @@ import torch
 
 from autoseg.losses import list_losses
 from autoseg.plans.budget import BUDGETS, add_budget_configuration
+from autoseg.prepare import temporary_env
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,9 @@ def arch_setup(smoke_run, tmp_path_factory):
              for a in ("transformer", "cnn_resenc")}
     env = {"nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
            "nnUNet_results": str(tmp / "results"), "nnUNet_n_proc_DA": "0"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     dataset_json = json.loads((work / "nnUNet_raw" / r["dataset"] / "dataset.json").read_text())
-    yield json.loads(plans_file.read_text()), dataset_json, names
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with temporary_env(**env):
+        yield json.loads(plans_file.read_text()), dataset_json, names
 
 
 def _trainer(loss, plans, configuration, dataset_json, deep_supervision=True):

@@ -23,6 +23,7 @@ from autoseg.plans.planner import (
     patch_divisors,
     plan_configuration,
 )
+from autoseg.prepare import temporary_env
 
 
 def fake_costs(conv=2e-11, element=3e-10, data=1e-8) -> MachineCosts:
@@ -36,7 +37,6 @@ def fake_costs(conv=2e-11, element=3e-10, data=1e-8) -> MachineCosts:
 # ------------------------------------------------------------------ nnU-Net's own plans for synthetic data
 def nnunet_plans(root, name, spacings, shapes, n_cases=20, modality="MRI"):
     """Run nnU-Net's ExperimentPlanner on a dataset described only by its fingerprint."""
-    import os
 
     import SimpleITK as sitk
 
@@ -61,18 +61,10 @@ def nnunet_plans(root, name, spacings, shapes, n_cases=20, modality="MRI"):
         "foreground_intensity_properties_per_channel": {"0": props}, "median_relative_size_after_cropping": 1.0}))
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
            "nnUNet_results": str(root / "res")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with temporary_env(**env):
         from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
         ExperimentPlanner(name).plan_experiment()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return json.loads((pre / "nnUNetPlans.json").read_text())
 
 

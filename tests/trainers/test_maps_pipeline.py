@@ -12,19 +12,11 @@ import torch
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
-from scipy import ndimage
+from conftest import scipy_signed
 
 from autoseg.losses import build_loss
 from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
 from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings, split_target
-
-
-def scipy_signed(label: np.ndarray, c: int, spacing) -> np.ndarray:
-    m = label == c
-    if not m.any() or m.all():
-        return np.zeros(label.shape)
-    return np.where(m, -ndimage.distance_transform_edt(m, sampling=spacing),
-                    ndimage.distance_transform_edt(~m, sampling=spacing))
 
 
 def test_maps_follow_rotation_scaling_and_deep_supervision():

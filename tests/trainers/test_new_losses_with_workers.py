@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import smoke_nnunet
+from conftest import scipy_signed, smoke_nnunet
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
@@ -88,19 +88,11 @@ def workers_setup(smoke_run, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ independent references of the maps
-def _scipy_signed(label: np.ndarray, c: int, spacing) -> np.ndarray:
-    m = label == c
-    if not m.any() or m.all():
-        return np.zeros(label.shape)
-    return np.where(m, -ndimage.distance_transform_edt(m, sampling=spacing),
-                    ndimage.distance_transform_edt(~m, sampling=spacing))
-
-
 def _reference_map(kind: str, label: np.ndarray, c: int, spacing) -> np.ndarray:
     if kind == "signed_distance":
-        return _scipy_signed(label, c, spacing)
+        return scipy_signed(label, c, spacing)
     if kind == "distance":
-        return np.abs(_scipy_signed(label, c, spacing))
+        return np.abs(scipy_signed(label, c, spacing))
     if kind == "tubed_skeleton":  # Kirchhoff et al.: the skeleton dilated twice with the cross, inside the class
         m = label == c
         if not m.any() or m.all():
