@@ -69,7 +69,6 @@ def _find_dataset(work: Path, configuration: str | None):
 def time_loss(loss: str, plans, configuration, dataset_json, device, iterations: int, warmup: int) -> dict:
     import torch
 
-    from autoseg import precision
     from autoseg.trainers.factory import make_trainer_class
     from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings
 
@@ -91,18 +90,13 @@ def time_loss(loss: str, plans, configuration, dataset_json, device, iterations:
             target, extras = trainer.split_batch_target(batch["target"])
             target, extras = trainer._to_device(target), trainer._to_device(extras)
             trainer.optimizer.zero_grad(set_to_none=True)
-            # the trainer's precision (autoseg/precision.py): bf16 keeps the loss in float32, outside autocast
-            bf16 = trainer.training_precision == "bf16"
-            with precision.autocast(trainer.training_precision):
-                _sync(device)
-                t2 = time.perf_counter()
-                output = trainer.network(data)
-                _sync(device)
-                t3 = time.perf_counter()
-                if not bf16:
-                    value = trainer.compute_loss(output, target, extras)
-            if bf16:
-                value = trainer.compute_loss(precision.to_float32(output), target, extras)
+            # the trainer's own forward and loss, in its precision (autoseg/precision.py), timed apart
+            _sync(device)
+            t2 = time.perf_counter()
+            output = trainer.forward_in_precision(data)
+            _sync(device)
+            t3 = time.perf_counter()
+            value = trainer.loss_in_precision(output, target, extras)
             _sync(device)
             t4 = time.perf_counter()
             if trainer.grad_scaler is not None:

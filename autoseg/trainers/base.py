@@ -195,18 +195,25 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             return {k: self._to_device(v) for k, v in x.items()}
         return x.to(self.device, non_blocking=True)
 
-    def _forward_and_loss(self, data, target, extras):
-        """The network's output and the loss, in the run's precision (autoseg/precision.py).
-
-        CUDA: nnU-Net's float16 autocast around both. bfloat16 on a CPU: the network under autocast,
-        the loss in float32 on the outputs cast back (its sums run over the whole patch).
-        """
+    def forward_in_precision(self, data):
+        """The network's output in the run's precision (autoseg/precision.py): under nnU-Net's float16
+        autocast on CUDA; under bfloat16 autocast on CPUs that compute it natively, cast back to float32
+        for the loss (its sums run over the whole patch)."""
         with _precision.autocast(self.training_precision):
             output = self.network(data)
-            if self.training_precision != "bf16":
-                return output, self.compute_loss(output, target, extras)
-        output = _precision.to_float32(output)
-        return output, self.compute_loss(output, target, extras)
+        return _precision.to_float32(output) if self.training_precision == "bf16" else output
+
+    def loss_in_precision(self, output, target, extras):
+        """compute_loss on :meth:`forward_in_precision`'s output: inside float16 autocast on CUDA (nnU-Net's
+        way), in float32 otherwise."""
+        if self.training_precision == "bf16":
+            return self.compute_loss(output, target, extras)
+        with _precision.autocast(self.training_precision):
+            return self.compute_loss(output, target, extras)
+
+    def _forward_and_loss(self, data, target, extras):
+        output = self.forward_in_precision(data)
+        return output, self.loss_in_precision(output, target, extras)
 
     def train_step(self, batch: dict) -> dict:
         # nnU-Net's train_step, with the target unpacked into labels and maps and the loss taken
