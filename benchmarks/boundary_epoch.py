@@ -66,18 +66,56 @@ def _find_dataset(work: Path, configuration: str | None):
     return ds.name, plans, configuration, dataset_json
 
 
+def _leaves(x):
+    """The same structure of tensors, detached and float32, as leaves that take a gradient."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().requires_grad_(True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_leaves(i) for i in x)
+    if isinstance(x, dict):
+        return {k: _leaves(v) for k, v in x.items()}
+    return x
+
+
+def _loss_alone(trainer, output, target, extras, head_outputs, device) -> float:
+    """Seconds of the loss's forward + backward alone (deep supervision, maps and auxiliary heads as in
+    the step), on detached copies of this step's outputs, so the network's backward is not in it."""
+    extras = [dict(e) for e in extras] if extras else [{} for _ in (output if isinstance(output, list) else [0])]
+    if head_outputs:
+        extras[0].update(_leaves(head_outputs))
+    heads, trainer.autoseg_heads = trainer.autoseg_heads, None  # the heads' outputs are handed in above
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
+        trainer.loss_in_precision(_leaves(output), target, extras).backward()
+        _sync(device)
+        return time.perf_counter() - t0
+    finally:
+        trainer.autoseg_heads = heads
+
+
 def time_loss(loss: str, plans, configuration, dataset_json, device, iterations: int, warmup: int) -> dict:
     import torch
 
     from autoseg.trainers.factory import make_trainer_class
-    from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings
 
     torch.manual_seed(0)
     trainer = make_trainer_class(loss)(plans={**plans, "continue_training": False}, configuration=configuration,
                                        fold=0, dataset_json=dataset_json, device=device)
     trainer.console_log = False
     trainer.on_train_start()
-    rows = {k: [] for k in ("wall", "data_wait", "network", "loss", "backward", "maps_cpu")}
+    rows = {k: [] for k in ("wall", "data_wait", "network", "loss", "backward", "maps_cpu", "loss_fwd_bwd")}
+    heads = trainer.autoseg_heads
+    captured = {}
+    if heads is not None:  # keep the heads' outputs of each step, to time the loss alone afterwards
+        pop = heads.pop_outputs
+
+        def keep_outputs():
+            captured["heads"] = pop()
+            return captured["heads"]
+        heads.pop_outputs = keep_outputs
     labels_seen = []
     try:
         trainer.on_epoch_start()
@@ -112,18 +150,14 @@ def time_loss(loss: str, plans, configuration, dataset_json, device, iterations:
             _sync(device)
             t5 = time.perf_counter()
             if it >= warmup:
+                rows["loss_fwd_bwd"].append(_loss_alone(trainer, output, target, extras, captured.get("heads"), device))
                 for key, dt in zip(("wall", "data_wait", "network", "loss", "backward"),
                                    (t5 - t0, t1 - t0, t3 - t2, t4 - t3, t5 - t4)):
                     rows[key].append(dt)
                 labels_seen.append([t.cpu() for t in (target if isinstance(target, list) else [target])])
         # The workers' map cost, measured here: the same transform on the same (augmented) labels.
-        layout = trainer.maps_layout or []
-        if any(layout):
-            spacings = scale_spacings(
-                trainer.configuration_manager.spacing, trainer.configuration_manager.patch_size,
-                trainer._get_deep_supervision_scales())
-            transform = LossMapsTransform(layout, trainer.label_manager.num_segmentation_heads, spacings,
-                                          trainer.label_manager.ignore_label)
+        transform = trainer._maps_transform(trainer._get_deep_supervision_scales())
+        if transform is not None:
             for scales in labels_seen:
                 t0 = time.perf_counter()
                 for b in range(scales[0].shape[0]):
@@ -143,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", required=True, type=Path)
     parser.add_argument("--configuration", default=None)
-    parser.add_argument("--losses", default=DEFAULT_LOSSES)
+    parser.add_argument("--losses", default=DEFAULT_LOSSES, help="comma-separated loss names, or all")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="augmentation worker processes (nnUNet_n_proc_DA)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the main process")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every loss this many times, the losses interleaved; each column is the median "
+                             "over rounds (drift of a shared machine then touches every loss alike)")
     parser.add_argument("--smoke", action="store_true", help="2 timed iterations after 1 warm-up: a check only")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -164,28 +201,43 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dataset, plans, configuration, dataset_json = _find_dataset(work, args.configuration)
-    losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+    if args.losses == "all":
+        from autoseg.losses import list_losses
+
+        losses = list_losses()
+    else:
+        losses = [x.strip() for x in args.losses.split(",") if x.strip()]
     if "dice_ce" not in losses:
         losses.insert(0, "dice_ce")
-    results = {}
-    for loss in losses:
-        print(f"timing {loss} ...", file=sys.stderr, flush=True)
-        results[loss] = time_loss(loss, plans, configuration, dataset_json, device, args.iterations, args.warmup)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    runs: dict[str, list[dict]] = {loss: [] for loss in losses}
+    for r in range(args.rounds):
+        for loss in losses:
+            print(f"timing {loss} (round {r + 1}/{args.rounds}) ...", file=sys.stderr, flush=True)
+            runs[loss].append(time_loss(loss, plans, configuration, dataset_json, device, args.iterations,
+                                        args.warmup))
+    results = {loss: {**rs[0], **{k: statistics.median(x[k] for x in rs) for k in rs[0]
+                                  if isinstance(rs[0][k], float)},
+                      "wall_rounds": [x["wall"] for x in rs]}
+               for loss, rs in runs.items()}
     base = results["dice_ce"]["wall"]
     from autoseg.precision import training_precision
 
     print(f"\n{dataset} {configuration}, device {device} ({training_precision(device.type)}), {args.workers} workers, "
-          f"{args.iterations} iterations"
+          f"{args.iterations} iterations, {args.rounds} round(s)"
           f"{' (SMOKE: not a measurement)' if args.smoke else ''}\n")
-    print("| loss | wall s/it | x dice_ce | data wait | network | loss | backward | maps (worker CPU s/batch) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| loss | wall s/it | x dice_ce | data wait | network | loss | backward | maps (worker CPU s/batch) "
+          "| loss fwd+bwd alone | % of a dice_ce iteration |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for loss, r in results.items():
         print(f"| {loss} | {r['wall']:.3f} | {r['wall'] / base:.2f} | {r['data_wait']:.3f} | {r['network']:.3f} "
-              f"| {r['loss']:.3f} | {r['backward']:.3f} | {r['maps_cpu']:.3f} |")
+              f"| {r['loss']:.3f} | {r['backward']:.3f} | {r['maps_cpu']:.3f} | {r['loss_fwd_bwd']:.3f} "
+              f"| {100 * r['loss_fwd_bwd'] / base:.1f} |")
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
         tmp.write_text(json.dumps({"dataset": dataset, "configuration": configuration, "device": str(device),
-                                   "workers": args.workers, "iterations": args.iterations, "smoke": args.smoke,
+                                   "workers": args.workers, "iterations": args.iterations, "rounds": args.rounds, "smoke": args.smoke,
                                    "results": results}, indent=2))
         os.replace(tmp, args.json)
     return 0

@@ -94,8 +94,11 @@ def _edt(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """Distance of every nonzero voxel of ``mask`` to the nearest zero voxel (0 on zero voxels)."""
     import edt
 
+    mask = np.ascontiguousarray(mask)
+    if mask.dtype == bool:
+        mask = mask.view(np.uint8)  # edt takes a slower path for bool arrays (2.5x on a 40x56x40 patch)
     # black_border=False: the patch border is not background (a patch is a crop of a larger image).
-    return edt.edt(np.ascontiguousarray(mask), anisotropy=spacing, black_border=False, parallel=1)
+    return edt.edt(mask, anisotropy=spacing, black_border=False, parallel=1)
 
 
 def case_maps(
@@ -104,8 +107,13 @@ def case_maps(
     kinds: Iterable[str],
     spacing: Sequence[float] | None = None,
     ignore_index: int | None = None,
+    classes: Iterable[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The requested map kinds of one label map ``[*spatial]`` (2-D or 3-D), each ``[C, *spatial]`` float32."""
+    """The requested map kinds of one label map ``[*spatial]`` (2-D or 3-D), each ``[C, *spatial]`` float32.
+
+    ``classes`` limits the work to those class indices (:func:`map_classes` of a loss); the channels
+    of the others stay 0. ``None`` computes every class.
+    """
     kinds = check_kinds(kinds)
     label = np.asarray(label)
     if label.ndim not in (2, 3):
@@ -118,23 +126,21 @@ def case_maps(
     out = {k: np.zeros((num_classes, *label.shape), dtype=np.float32) for k in kinds}
     if not kinds:
         return out
-    present = [c for c in range(num_classes) if c != ignore_index]
+    present = [c for c in check_classes(classes, num_classes) if c != ignore_index]
     masks = {c: label == c for c in present}
     if _DISTANCE_KINDS & set(kinds):
-        # One multi-label pass gives every voxel its distance to the nearest voxel of another label,
-        # i.e. the inside distance of every class at once; shifting by one keeps label 0 a region
-        # (edt treats 0 as background). The ignore label is a region of its own: "not c" for all c.
-        shifted = (label.astype(np.int64) - label.min() + 1).astype(np.uint32)
-        inside = _edt(shifted, sp)
         for c in present:
             m = masks[c]
             if not m.any() or m.all():
                 continue  # empty or full class: no boundary, all maps stay 0
-            outside = _edt(~m, sp)
+            # Two labels, 2 for c and 1 for everything else (the ignore label included: "not c"): one
+            # multi-label pass gives every voxel its distance to the other side, the inside and the
+            # outside distance at once (edt treats only 0 as background, and no voxel is 0 here).
+            both = _edt(m.view(np.uint8) + 1, sp)
             if "signed_distance" in out:
-                out["signed_distance"][c] = np.where(m, -inside, outside)
+                out["signed_distance"][c] = np.where(m, -both, both)
             if "distance" in out:
-                out["distance"][c] = np.where(m, inside, outside)
+                out["distance"][c] = both
     if "boundary" in out:
         from scipy import ndimage
 
@@ -208,12 +214,24 @@ def skeleton_from_levels(level: torch.Tensor, iterations: int, dtype: torch.dtyp
     return ((level >= 1) & (level <= iterations + 1)).to(dtype)
 
 
+def check_classes(classes: Iterable[int] | None, num_classes: int) -> tuple[int, ...]:
+    """Validate a ``classes`` argument (``None``: all ``num_classes``); sorted, without repeats."""
+    if classes is None:
+        return tuple(range(num_classes))
+    out = tuple(sorted({int(c) for c in classes}))
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"map classes {bad} are not class indices of a {num_classes}-class label map")
+    return out
+
+
 def compute_maps(
     labels: np.ndarray,
     num_classes: int,
     kinds: Iterable[str],
     spacing: Sequence[float] | None = None,
     ignore_index: int | None = None,
+    classes: Iterable[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The requested kinds for a batch of label maps ``[B, *spatial]`` (2 or 3 spatial dimensions).
 
@@ -225,7 +243,7 @@ def compute_maps(
     labels = np.asarray(labels)
     if labels.ndim not in (3, 4):
         raise ValueError(f"labels must be [B, *spatial] with 2 or 3 spatial dims, got shape {labels.shape}")
-    per_case = [case_maps(lab, num_classes, kinds, spacing, ignore_index) for lab in labels]
+    per_case = [case_maps(lab, num_classes, kinds, spacing, ignore_index, classes) for lab in labels]
     return {k: np.stack([m[k] for m in per_case]) for k in kinds}
 
 
@@ -255,6 +273,24 @@ def extra_input_kinds(loss: nn.Module) -> tuple[str, ...]:
     for module in loss.modules():
         names.update(getattr(module, "extra_inputs", ()) or ())
     return tuple(k for k in MAP_KINDS if k in names)
+
+
+def map_classes(loss: nn.Module, num_classes: int) -> tuple[int, ...]:
+    """The classes whose maps a loss reads: every class, unless every module of it that declares a map
+    kind leaves the background out (``include_background=False``), then 1..C-1.
+
+    The workers compute only these (a skeleton of the background, most of a patch, costs as much as
+    all the foreground classes together); the other channels are 0 and are never read.
+    """
+    def declares(m: nn.Module) -> bool:
+        return bool(set(getattr(m, "extra_inputs", ()) or ()) & set(MAP_KINDS))
+
+    # A compound declares its components' kinds; the components say which classes they read.
+    users = [m for m in loss.modules()
+             if declares(m) and not any(declares(d) for d in m.modules() if d is not m)]
+    if users and all(getattr(m, "include_background", True) is False for m in users):
+        return tuple(range(1, num_classes))
+    return tuple(range(num_classes))
 
 
 # ---------------------------------------------------------------- prediction maps (torch)

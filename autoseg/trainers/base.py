@@ -17,6 +17,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from autoseg import precision as _precision
 from autoseg.console import say
 from autoseg.losses import SegmentationLoss, build_loss
+from autoseg.losses.maps import map_classes
 from autoseg.trainers.deep_supervision import DeepSupervisionLoss, map_kinds_per_scale
 from autoseg.trainers.heads import CHECKPOINT_KEY, AuxiliaryHeads, head_requests
 from autoseg.trainers.maps_transform import LossMapsTransform, scale_spacings, split_target
@@ -157,8 +158,9 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             return None  # a loss that needs no map pays nothing
         spacings = scale_spacings(self.configuration_manager.spacing, self.configuration_manager.patch_size,
                                   deep_supervision_scales)
-        return LossMapsTransform(self.maps_layout, self.label_manager.num_segmentation_heads, spacings,
-                                 self.label_manager.ignore_label)
+        num_classes = self.label_manager.num_segmentation_heads
+        return LossMapsTransform(self.maps_layout, num_classes, spacings, self.label_manager.ignore_label,
+                                 map_classes(self.autoseg_loss, num_classes))
 
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,

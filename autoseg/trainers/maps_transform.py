@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
-from autoseg.losses.maps import case_maps, check_kinds
+from autoseg.losses.maps import case_maps, check_classes, check_kinds
 
 
 class LossMapsTransform(BasicTransform):
@@ -28,10 +28,12 @@ class LossMapsTransform(BasicTransform):
         num_classes: C, channels per kind.
         spacings: per scale, the voxel spacing of that scale's label map.
         ignore_index: the dataset's ignore label, or None.
+        classes: the classes whose maps are computed (:func:`autoseg.losses.maps.map_classes` of the
+            loss); the other channels are 0. None: all.
     """
 
     def __init__(self, layout: Sequence[Sequence[str]], num_classes: int, spacings: Sequence[Sequence[float]],
-                 ignore_index: int | None = None):
+                 ignore_index: int | None = None, classes: Sequence[int] | None = None):
         super().__init__()
         if len(layout) != len(spacings):
             raise ValueError(f"got {len(layout)} scale layouts but {len(spacings)} spacings")
@@ -39,6 +41,7 @@ class LossMapsTransform(BasicTransform):
         self.num_classes = int(num_classes)
         self.spacings = [tuple(float(s) for s in sp) for sp in spacings]
         self.ignore_index = ignore_index
+        self.classes = check_classes(classes, self.num_classes)
 
     def apply(self, data_dict: dict, **params) -> dict:
         seg = data_dict.get("segmentation")
@@ -54,7 +57,7 @@ class LossMapsTransform(BasicTransform):
                 continue
             if s.shape[0] != 1:
                 raise ValueError(f"expected a one-channel label map, got shape {tuple(s.shape)}")
-            maps = case_maps(s[0].numpy(), self.num_classes, kinds, spacing, self.ignore_index)
+            maps = case_maps(s[0].numpy(), self.num_classes, kinds, spacing, self.ignore_index, self.classes)
             out.append(torch.cat([s.float()] + [torch.from_numpy(maps[k]) for k in kinds], 0))
         data_dict["segmentation"] = out if isinstance(seg, list) else out[0]
         return data_dict

@@ -141,3 +141,35 @@ def test_extra_input_kinds_collects_compound_components():
     assert extra_input_kinds(build_loss("dice")) == ()
     assert extra_input_kinds(build_loss("boundary")) == ("signed_distance",)
     assert set(extra_input_kinds(build_loss("hausdorff_dt"))) == {"distance"}
+
+
+@pytest.mark.parametrize("shape,spacing", [((40, 33), (0.7, 2.5)), ((18, 21, 16), (3.0, 0.8, 1.1))])
+def test_maps_of_chosen_classes_equal_the_full_maps_and_leave_the_others_zero(shape, spacing):
+    label = blobs(shape, 3, seed=5, ignore_fraction=0.1)
+    full = case_maps(label, 3, MAP_KINDS, spacing, IGNORE)
+    part = case_maps(label, 3, MAP_KINDS, spacing, IGNORE, classes=(2, 1))
+    for kind in MAP_KINDS:
+        assert full[kind][1:].any(), kind  # the comparison is not between zeros
+        np.testing.assert_array_equal(part[kind][1:], full[kind][1:], err_msg=kind)
+        assert not part[kind][0].any(), kind
+    batch = compute_maps(np.stack([label, label]), 3, ("distance",), spacing, IGNORE, classes=[1])
+    np.testing.assert_array_equal(batch["distance"][:, 1], np.stack([full["distance"][1]] * 2))
+    assert not batch["distance"][:, [0, 2]].any()
+    with pytest.raises(ValueError, match=r"map classes \[3\] are not class indices of a 3-class"):
+        case_maps(label, 3, ("distance",), classes=(1, 3))
+
+
+def test_map_classes_skip_the_background_only_when_every_map_reader_leaves_it_out():
+    from autoseg.losses import build_loss
+    from autoseg.losses.compound import CompoundLoss
+    from autoseg.losses.maps import map_classes
+
+    assert map_classes(build_loss("boundary"), 4) == (1, 2, 3)
+    assert map_classes(build_loss("boundary", include_background=True), 4) == (0, 1, 2, 3)
+    assert map_classes(build_loss("region_wise"), 3) == (0, 1, 2)  # its default keeps the background
+    assert map_classes(build_loss("dice_ce"), 3) == (0, 1, 2)  # reads no map: nothing to skip for
+    # a compound: the components decide, and one that reads the background keeps it for all
+    fg_only = CompoundLoss([("b", build_loss("boundary")), ("s", build_loss("skeleton_recall"))], [1.0, 1.0])
+    assert map_classes(fg_only, 3) == (1, 2)
+    mixed = CompoundLoss([("b", build_loss("boundary")), ("r", build_loss("region_wise"))], [1.0, 1.0])
+    assert map_classes(mixed, 3) == (0, 1, 2)

@@ -59,8 +59,11 @@ def hausdorff_dt_loss(
             # Ignored voxels belong to no class in the prediction either (as in the ground-truth
             # maps), so their logits cannot move the distances elsewhere.
             pred = pred * mask.unsqueeze(1)
-        spatial = pred.shape[2:]
-        d_p = distance_to_boundary_torch(pred.reshape(-1, *spatial), spacing).reshape(pred.shape)
+        # Only the classes the loss keeps: the others are multiplied by nothing.
+        first = 0 if include_background else 1
+        kept = pred[:, first:]
+        d_p = torch.zeros(pred.shape, dtype=torch.float32, device=pred.device)
+        d_p[:, first:] = distance_to_boundary_torch(kept.reshape(-1, *kept.shape[2:]), spacing).reshape(kept.shape)
     per_class = (probs - t) ** 2 * (d_t ** alpha + d_p ** alpha)
     per_voxel = select_classes(per_class.movedim(1, -1), include_background).mean(-1)
     return masked_voxel_mean(per_voxel, mask, reduction)
