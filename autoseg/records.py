@@ -56,6 +56,9 @@ class FoldRecord:
     epochs_completed: int | None = None
     seconds_per_epoch: float | None = None  # mean of nnU-Net's "Epoch time" lines (its training log stays behind)
     checkpoint: str | None = None  # which checkpoint was scored: "final"
+    # per epoch, from nnU-Net's training log: epoch, train_loss, val_loss, pseudo_dice, epoch_time (None where
+    # the log has no value), so that a report from the store alone still draws the training curves
+    curves: dict[str, list[float | None]] | None = None
     # results
     per_case: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net's: {"case": ..., "dice": {label: v}}
     evaluation: dict[str, Any] | None = None  # autoseg's metric rows: {"metrics_version", "tolerance_mm", "rows"}

@@ -498,6 +498,9 @@ def training_curves_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag:
     curves: dict[str, list[dict]] = {}
     for r in group_runs:
         c = parse_training_log(list(r.path.glob("training_log_*.txt")))
+        if not c["epoch"] and (r.meta or {}).get("curves"):
+            # a run of a result store: no log files, the curves its record keeps
+            c = {k: [float("nan") if v is None else float(v) for v in vals] for k, vals in r.meta["curves"].items()}
         if c["epoch"]:
             curves.setdefault(r.method, []).append(c)
     if curves:

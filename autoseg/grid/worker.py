@@ -166,8 +166,11 @@ def finish_record(record: FoldRecord, fold_dir: Path, preprocessed: Path | None,
 
     record.per_case = read_nnunet_summary(fold_dir)
     record.checkpoint = "final"
-    times = [t for t in parse_training_log(list(fold_dir.glob("training_log_*.txt")))["epoch_time"] if t == t]
+    log = parse_training_log(list(fold_dir.glob("training_log_*.txt")))
+    times = [t for t in log["epoch_time"] if t == t]
     record.seconds_per_epoch = sum(times) / len(times) if times else None
+    record.curves = {k: [None if v != v else v for v in log[k]]
+                     for k in ("epoch", "train_loss", "val_loss", "pseudo_dice", "epoch_time")} if log["epoch"] else None
     record.evaluation = evaluation_block(record, fold_dir, preprocessed, raw)
 
 

@@ -109,6 +109,10 @@ def test_killed_grid_finishes_each_run_exactly_once(grid):
         fold_dir = work / "nnUNet_results" / run_id
         assert rec.status == "done" and rec.checkpoint == "final" and rec.epochs_completed == 3, run_id
         assert rec.per_case and rec.evaluation["rows"], run_id
+        # the training curves travel with the record (reports from the store alone draw them)
+        assert rec.curves["epoch"] == [0.0, 1.0, 2.0], run_id
+        assert all(len(rec.curves[k]) == 3 for k in ("train_loss", "val_loss", "pseudo_dice", "epoch_time"))
+        assert all(isinstance(v, float) and v == v for v in rec.curves["train_loss"]), run_id
         assert rec.device == "cpu" and rec.wall_seconds > 0 and rec.executor == "local"
         # at most one trainer (one nnU-Net training log) per attempt
         assert 1 <= len(list(fold_dir.glob("training_log_*.txt"))) <= rec.attempts, run_id
@@ -214,6 +218,10 @@ def test_store_without_checkpoints_reports_the_same(grid, tmp_path):
                         for f in (out / "tables").glob("*.csv") if f.name != "metrics_runs.csv"}
     assert len(tables["store"]["metrics.csv"]) > 1 and any(n.startswith("ranking_") for n in tables["store"])
     assert tables["store"] == tables["results"]
+    # the training curves come from the records when there is no training log
+    report = (tmp_path / "report_store" / "report.md").read_text()
+    assert "Training curves" in report and "No training log or progress.png found" not in report
+    assert list((tmp_path / "report_store").rglob("curves_*"))
     # a machine that never held a checkpoint: the same grid there is done, nothing trained
     fresh = tmp_path / "fresh_results"
     env2 = {**env, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
