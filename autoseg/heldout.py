@@ -193,6 +193,11 @@ class TestPrediction:
                 "mean_seconds_per_case": round(sum(per_case) / len(per_case), 3) if per_case else None}
 
 
+def fold_folder(fold: int | str) -> str:
+    """The name of one fold's prediction folder in ``test_predictions/``; the evaluation reads the fold back from it."""
+    return f"fold_{fold}"
+
+
 def _stamp(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
@@ -206,9 +211,12 @@ def _locked(folder: Path):
 
 def predict_test_set(run_dir: str | os.PathLike, test_set: TestSet, device: Any = "cpu",
                      folds: Sequence[int] | None = None, per_fold: bool = False, mirroring: bool = True,
-                     n_cv_folds: int | None = None, log: Callable[[str], None] = print) -> list[TestPrediction]:
+                     n_cv_folds: int | None = None, log: Callable[[str], None] = print,
+                     ensemble: bool = True) -> list[TestPrediction]:
     """Predict the test set with the ensemble of ``folds`` (default: the trained CV folds) and, with ``per_fold``,
-    with each of them alone. Returns the ensemble first.
+    with each of them alone (``test_predictions/fold_<N>``). Returns the ensemble first. ``ensemble=False`` skips
+    the ensemble: a grid run predicts with its own fold only, and folds trained in parallel must not rewrite one
+    shared ensemble folder with different folds.
 
     ``run_dir`` is a ``<trainer>__<plans>__<configuration>`` folder; its ``plans.json`` and ``dataset.json`` (copied
     there by nnU-Net) define the inference, and the trainer class is found by name as ``nnUNetv2_predict`` does.
@@ -224,7 +232,7 @@ def predict_test_set(run_dir: str | os.PathLike, test_set: TestSet, device: Any 
     missing = [f for f in folds if f not in available]
     if missing:
         raise HeldOutError(f"fold(s) {missing} of {run_dir} have no {CHECKPOINT} (trained: {available or 'none'})")
-    jobs = [(ENSEMBLE, folds)] + ([(f"fold_{f}", [f]) for f in folds] if per_fold else [])
+    jobs = ([(ENSEMBLE, folds)] if ensemble else []) + ([(fold_folder(f), [f]) for f in folds] if per_fold else [])
     out = []
     for name, use in jobs:
         folder = run_dir / TEST_DIR / name

@@ -11,6 +11,7 @@ from autoseg.cli.plan_and_train import (
     _jsonable,
     _stdout_to_stderr,
     add_budget_arguments,
+    add_test_set_argument,
     apply_cpu_precision,
     resolve_budget,
 )
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--folds", default="0", help="folds: 0, 0-4, 0,2 or all (default: 0)")
     p.add_argument("--seeds", default="0", help="training seeds: 0, 0-2, 0,3 (default 0: nnU-Net unseeded)")
     add_budget_arguments(p)
+    add_test_set_argument(p, "each run's own model (its fold and seed; the scores go to its record)", "one network")
     p.add_argument("--executor", default="local",
                    help="how runs are run: local (default), inline (in this process), submitit_local, slurm ...")
     p.add_argument("--jobs", type=int, default=1,
@@ -145,7 +147,8 @@ def _run(args: argparse.Namespace, log) -> dict:
                 "estimated_seconds": None if not known else round(total, 1),
                 "estimated_wall_seconds": None if wall is None else round(wall, 1), "store": str(grid.store.root)}
     outcome = run_records(grid.runs, grid.dirs, grid.store, device, executor=args.executor, jobs=args.jobs,
-                          retry_failed=args.retry_failed, executor_options=options, log=log)
+                          retry_failed=args.retry_failed, executor_options=options, log=log,
+                          test_set=args.test_set)
     runs = [outcome.final.get(r.run_id, r) for r in grid.runs]
     states = [grid.state(r) for r in runs]
     if not args.json:

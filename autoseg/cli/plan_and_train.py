@@ -41,15 +41,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="folds at once, each in its own process with its share of the cores (default 1: one after "
                         "another in this process, as `autoseg benchmark --executor inline`)")
     add_budget_arguments(p)
-    p.add_argument("--test-set", default="auto", choices=["auto", "on", "off"],
-                   help="after training, predict the dataset's held-out test set (imagesTs) with the ensemble of the "
-                        "trained folds (checkpoint_final.pth) and score it against labelsTs: auto = where it is cheap "
-                        "(a GPU, or on a CPU at most 25 M test voxels x folds in the ensemble); on; off "
-                        "(default: auto)")
+    add_test_set_argument(p, "the ensemble of the trained folds", "folds in the ensemble")
     p.add_argument("--test-per-fold", action="store_true",
                    help="also predict and score the test set with each trained fold alone")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     return p
+
+
+def add_test_set_argument(p: argparse.ArgumentParser, model: str, networks: str) -> None:
+    """``--test-set auto|on|off`` of ``plan_and_train`` and ``benchmark`` (the rule: :func:`autoseg.heldout.decide`);
+    ``model`` says what predicts, ``networks`` what multiplies the voxels."""
+    from autoseg.heldout import AUTO_MAX_VOXELS_CPU, MODES
+
+    p.add_argument("--test-set", default="auto", choices=list(MODES),
+                   help=f"after training, predict the dataset's held-out test set (imagesTs) with {model} "
+                        "(checkpoint_final.pth) and score it against labelsTs: auto = where it is cheap (a GPU, or "
+                        f"on a CPU at most {AUTO_MAX_VOXELS_CPU / 1e6:.0f} M test voxels x {networks}); on; off "
+                        "(default: auto)")
 
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:

@@ -104,6 +104,36 @@ def evaluate_test_sets(runs: Sequence[Run], rows: list[dict], say: Callable[[str
         counts = f" ({test.n_cases} cases, {test.n_computed} computed)" if test.n_cases else ""
         say(f"{label}: {test.state}{counts}")
         out.append(test)
+    for test in _recorded_test_runs(runs, rows, tolerances, distances):
+        say(f"[test] {test.dataset} {test.configuration} {test.method} {test.fold}: {test.state}"
+            + (f" ({test.n_cases} cases)" if test.n_cases else ""))
+        out.append(test)
+    return out
+
+
+def _recorded_test_runs(runs: Sequence[Run], rows: list[dict], tolerances, distances: str) -> list[Run]:
+    """Test rows a run's record holds (``autoseg benchmark --test-set``) where its own prediction folder
+    (``test_predictions/fold_<N>``) is not there to score: a result store reports like the results folder, as
+    :func:`autoseg.evaluation.scoring.evaluate_run` does for the validation rows."""
+    from autoseg.evaluation.store_rows import test_rows_from_record
+    from autoseg.heldout import META_NAME, TEST_DIR, fold_folder
+    from autoseg.records import read_record
+
+    out = []
+    for run in runs:
+        if run.status != "done" or not (run.meta or {}).get("test"):
+            continue
+        if (run.path.parent / TEST_DIR / fold_folder(run.fold) / META_NAME).is_file():
+            continue  # scored from the predictions above
+        try:
+            record = read_record(run.path)
+        except ValueError:
+            continue
+        if record is None or not record.test:
+            continue
+        test = dataclasses.replace(run, state="", n_cases=0, n_computed=0)
+        rows.extend(test_rows_from_record(record, test, tolerance_for(test.dataset, tolerances), distances))
+        out.append(test)
     return out
 
 

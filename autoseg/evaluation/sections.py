@@ -192,12 +192,13 @@ def test_set_section(doc: Doc, ctx: ReportContext) -> None:
           "selection; the cross-validation sections above do not include them.")
     for predictor, g in ctx.test_groups:
         tag = "test_" + _tag(g.key) + f"_{predictor}"
-        doc.h(2, f"{_group_title(g)}: predicted by {predictor}")
+        by = f"fold {predictor}" if predictor.isdigit() else predictor  # the ensemble, or one fold's own model
+        doc.h(2, f"{_group_title(g)}: predicted by {by}")
         for note in g.notes:
             doc.p("Note: " + note)
         if g.headline is None:
             continue
-        _headline_table(doc, g, tag, f"Test set, {predictor}")
+        _headline_table(doc, g, tag, f"Test set, {by}")
         _differences_table(doc, g, tag)
 
 

@@ -62,6 +62,24 @@ def evaluation_block(record: FoldRecord, fold_dir: Path, preprocessed: Path | No
             "state": run.state, "rows": [{k: _plain(v) for k, v in r.items() if k not in _IDENTITY_KEYS} for r in rows]}
 
 
+def test_block(record: FoldRecord, fold_dir: Path, prediction_folder: Path, preprocessed: Path | None,
+               raw: Path | None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+               distances: str = DEFAULT_DISTANCES) -> dict[str, Any]:
+    """autoseg's metric rows of the run's own test-set predictions (``test_predictions/fold_<N>``), as kept in its
+    record's ``test`` field: the shape of :func:`evaluation_block`, rows with ``split`` "test"."""
+    import dataclasses
+
+    from autoseg.evaluation.heldout_scoring import evaluate_test_run
+
+    run = run_from_record(record, fold_dir)
+    run.status = "done"
+    test = dataclasses.replace(run, path=prediction_folder, state="", n_cases=0, n_computed=0)
+    rows = evaluate_test_run(test, run, preprocessed, raw, tolerance_mm, distances)
+    return {"metrics_version": METRICS_VERSION, "tolerance_mm": tolerance_mm, "distances": distances,
+            "state": test.state, "predictor": prediction_folder.name, "checkpoint": "final",
+            "rows": [{k: _plain(v) for k, v in r.items() if k not in _IDENTITY_KEYS} for r in rows]}
+
+
 def _plain(v: Any) -> Any:
     # NaN is not JSON: the record keeps None, and rows_from_record turns it back
     if isinstance(v, float) and math.isnan(v):
@@ -74,14 +92,18 @@ def _plain(v: Any) -> Any:
 _FLOAT_KEYS = {"dice", "iou", "hd95", "nsd", "nsd_tolerance_mm"}
 
 
-def rows_from_record(record: FoldRecord, run: Run, tolerance_mm: float, distances: str) -> list[dict] | None:
-    """The table rows of ``run`` from its record's stored metric rows; ``None`` when the record has none or they
-    were computed with other settings (metrics version, NSD tolerance, distances) than asked now."""
-    block = record.evaluation
-    if not block or block.get("metrics_version") != METRICS_VERSION:
-        return None
-    if float(block.get("tolerance_mm", -1)) != float(tolerance_mm) or block.get("distances") != distances:
-        return None
+def settings_mismatch(block: dict[str, Any], tolerance_mm: float, distances: str) -> str:
+    """Why a record's stored rows cannot stand for rows computed now (metrics version, NSD tolerance, distances),
+    or "" when they can."""
+    stored = (block.get("metrics_version"), block.get("tolerance_mm"), block.get("distances"))
+    if block.get("metrics_version") == METRICS_VERSION and block.get("distances") == distances \
+            and float(block.get("tolerance_mm", -1)) == float(tolerance_mm):
+        return ""
+    return (f"recorded with metrics version {stored[0]}, tolerance {stored[1]} mm, distances {stored[2]}; asked: "
+            f"{METRICS_VERSION}, {tolerance_mm} mm, {distances}")
+
+
+def _stored_rows(block: dict[str, Any], run: Run) -> list[dict]:
     identity = run.identity()
     out = []
     for r in block.get("rows", []):
@@ -92,8 +114,35 @@ def rows_from_record(record: FoldRecord, run: Run, tolerance_mm: float, distance
         out.append(row)
     run.n_cases = len({r["case"] for r in out})
     run.n_computed = 0
+    return out
+
+
+def rows_from_record(record: FoldRecord, run: Run, tolerance_mm: float, distances: str) -> list[dict] | None:
+    """The table rows of ``run`` from its record's stored metric rows; ``None`` when the record has none or they
+    were computed with other settings (metrics version, NSD tolerance, distances) than asked now."""
+    block = record.evaluation
+    if not block or settings_mismatch(block, tolerance_mm, distances):
+        return None
+    out = _stored_rows(block, run)
     run.state = "evaluated (from the run's record)"
     return out
 
 
-__all__ = ["evaluation_block", "read_nnunet_summary", "rows_from_record", "run_from_record"]
+def test_rows_from_record(record: FoldRecord, test: Run, tolerance_mm: float, distances: str) -> list[dict]:
+    """The held-out test rows (``split`` "test", ``fold`` the run's fold: it predicted them) of ``test``, a copy of
+    the run's :class:`Run`, from its record's ``test`` field; sets ``test.state`` (why there are none, where so)."""
+    block = record.test or {}
+    if str(block.get("state", "")).startswith("failed"):  # autoseg.grid.worker.score_test_set
+        test.state = f"not evaluated: test set {block['state']} (from the run's record)"
+        return []
+    mismatch = settings_mismatch(block, tolerance_mm, distances)
+    if mismatch:
+        test.state = f"not evaluated: the record's test rows were {mismatch}"
+        return []
+    out = _stored_rows(block, test)
+    test.state = f"{block.get('state') or 'evaluated (test set)'} (from the run's record)"
+    return out
+
+
+__all__ = ["evaluation_block", "read_nnunet_summary", "rows_from_record", "run_from_record", "settings_mismatch",
+           "test_block", "test_rows_from_record"]

@@ -48,6 +48,7 @@ class RunTask:
     threads: int | None = None  # torch threads of the run (None: torch's default)
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the run
     executor: str = ""  # the executor's name, recorded with the run
+    test_set: bool = False  # also predict and score the held-out test set with the run's model (--test-set)
 
     @property
     def fold_dir(self) -> Path:

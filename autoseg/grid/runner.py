@@ -13,6 +13,7 @@ from typing import Any
 from autoseg.grid.executors import ExecutorOptions, RunTask, get_executor
 from autoseg.grid.spec import LossSetting, Target, expand
 from autoseg.grid.store import Store
+from autoseg.io import read_json
 from autoseg.paths import WorkDirs, resolve_work_dirs
 from autoseg.plans.budget import Budget
 from autoseg.records import FoldRecord, read_record
@@ -160,15 +161,48 @@ def adopt_finished(run: FoldRecord, fold_dir: Path, store: Store, dirs: WorkDirs
     return there
 
 
+def test_set_decisions(datasets: Sequence[str], mode: str, raw: Path, device: str,
+                       log: Callable[[str], None] = print) -> dict[str, bool]:
+    """Whether each run of a dataset predicts its held-out test set (``benchmark --test-set MODE``): the rule of
+    ``plan_and_train`` (:func:`autoseg.heldout.decide`) for one network per image, the run's own model."""
+    from autoseg.heldout import HeldOutError, decide, find_test_set
+
+    out = {}
+    for dataset in dict.fromkeys(datasets):
+        if mode == "off":
+            out[dataset] = False
+            continue
+        try:
+            test_set = find_test_set(raw / dataset, read_json(raw / dataset / "dataset.json") or {})
+            decision = decide(mode, test_set, device, n_models=1)
+        except HeldOutError as e:
+            out[dataset] = False
+            log(f"test set of {dataset}: {e}; not predicted")
+            continue
+        out[dataset] = decision.predict
+        log(f"test set of {dataset}: {decision.reason}" + ("; each run predicts it with its own model "
+                                                            "(test_predictions/fold_<N>)" if decision.predict
+                                                            else "; not predicted"))
+    return out
+
+
 def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device: str, executor: str = "local",
                 jobs: int = 1, retry_failed: bool = False, executor_options: dict[str, Any] | None = None,
-                log: Callable[[str], None] = print) -> Outcome:
+                log: Callable[[str], None] = print, test_set: str = "off") -> Outcome:
     """Run what is left of ``runs``: done ones are skipped, interrupted ones resume, failed ones only with
-    ``retry_failed``; the rest go to ``executor``. Returns what happened to each."""
+    ``retry_failed``; the rest go to ``executor``. Returns what happened to each.
+
+    ``test_set`` (auto, on, off: :func:`test_set_decisions`): runs also predict and score the dataset's held-out
+    test set; a done run without test scores (or, with ``retry_failed``, with a failed test) whose
+    ``checkpoint_final.pth`` is on this machine gets them without training again."""
+    from autoseg.grid.worker import needs_test
+
     out = Outcome()
     todo: list[RunTask] = []
+    with_test = test_set_decisions([r.dataset for r in runs], test_set, dirs.raw, device, log)
     for run in runs:
         fold_dir = dirs.results / run.run_id
+        test_only = False
         # decide under the run's lock: a worker of another copy of this command may be writing its record
         lock = store.try_claim(run.run_id)
         if lock is None:
@@ -180,9 +214,13 @@ def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device
             if record is None or not record.done:
                 record = adopt_finished(run, fold_dir, store, dirs) or record
             if record is not None and record.done:
-                log(f"  fold {run.fold} is finished ({fold_dir}); reusing it, not retraining")
+                test_only = (with_test[run.dataset] and needs_test(record, retry_failed)
+                             and (fold_dir / "checkpoint_final.pth").is_file())
+                log(f"  fold {run.fold} is finished ({fold_dir}); reusing it, not retraining"
+                    + ("; predicting its test set only" if test_only else ""))
                 out.skipped_done.append(record)
-                continue
+                if not test_only:
+                    continue
             if record is not None and record.status == "failed" and not retry_failed:
                 log(f"  {run.run_id} failed before ({record.error}); not retried without --retry-failed")
                 out.skipped_failed.append(record)
@@ -197,10 +235,11 @@ def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device
         finally:
             lock.release()
         fold_dir.mkdir(parents=True, exist_ok=True)
-        out.submitted.append(record)
+        if not test_only:
+            out.submitted.append(record)
         todo.append(RunTask(run_id=run.run_id, store=str(store.root), raw=str(dirs.raw),
                             preprocessed=str(dirs.preprocessed), results=str(dirs.results), device=device,
-                            executor=executor))
+                            executor=executor, test_set=with_test[run.dataset]))
     if todo:
         ex = get_executor(executor, ExecutorOptions(jobs=jobs, device=device, log=log,
                                                     extra=dict(executor_options or {})))
@@ -214,4 +253,4 @@ def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device
 
 
 __all__ = ["Grid", "GridRequest", "Outcome", "STORE_NAME", "build_grid", "default_store", "estimate_seconds",
-           "run_records"]
+           "run_records", "test_set_decisions"]

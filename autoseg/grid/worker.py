@@ -50,6 +50,14 @@ def execute(task: RunTask, log: Callable[[str], None] = print) -> int:
         if record is None:
             raise ValueError(f"no record of {task.run_id} in the store {store.root}: the runner writes it first")
         if record.done:
+            # the runner submits a done run only for its missing (or, with --retry-failed, failed) test scores
+            if task.test_set and needs_test(record, retry_failed=True) and \
+                    (task.fold_dir / "checkpoint_final.pth").is_file():
+                log(f"  {task.run_id} is done; predicting and scoring its test set only")
+                _configure(task)
+                score_test_set(record, task, task.fold_dir, log)
+                save(record, store, task.fold_dir)
+                return 0
             log(f"  {task.run_id} is done (record in the store); not run again")
             return 0
         return _run(task, record, store, log)
@@ -57,8 +65,17 @@ def execute(task: RunTask, log: Callable[[str], None] = print) -> int:
         lock.release()
 
 
-def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], None]) -> int:
+def _configure(task: RunTask) -> None:
     from autoseg.paths import WorkDirs, configure_nnunet
+
+    if task.threads:
+        import torch
+
+        torch.set_num_threads(task.threads)
+    configure_nnunet(WorkDirs(Path(task.raw), Path(task.preprocessed), Path(task.results)))
+
+
+def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], None]) -> int:
     from autoseg.precision import training_precision
 
     t0 = time.time()
@@ -70,11 +87,7 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     record.precision = training_precision(task.device, record.architecture)
     save(record, store, fold_dir)
     try:
-        if task.threads:
-            import torch
-
-            torch.set_num_threads(task.threads)
-        configure_nnunet(WorkDirs(Path(task.raw), Path(task.preprocessed), Path(task.results)))
+        _configure(task)
         epochs = train_and_validate(record, task, fold_dir, log)
         finish_record(record, fold_dir, Path(task.preprocessed), Path(task.raw))
         record.epochs_completed = epochs
@@ -92,6 +105,12 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     record.status, record.finished, record.wall_seconds = "done", _now(), round(time.time() - t0, 1)
     keep_dataset_json(fold_dir, store.path(record.run_id).parent)
     save(record, store, fold_dir)
+    if task.test_set:
+        # after the run is recorded done: a worker stopped while predicting leaves a done run without test scores,
+        # which the next invocation completes without training (runner.run_records); wall_seconds stays the
+        # training and validation time, the test step's own time is in the test block
+        score_test_set(record, task, fold_dir, log)
+        save(record, store, fold_dir)
     return 0
 
 
@@ -172,6 +191,50 @@ def finish_record(record: FoldRecord, fold_dir: Path, preprocessed: Path | None,
     record.curves = {k: [None if v != v else v for v in log[k]]
                      for k in ("epoch", "train_loss", "val_loss", "pseudo_dice", "epoch_time")} if log["epoch"] else None
     record.evaluation = evaluation_block(record, fold_dir, preprocessed, raw)
+
+
+TEST_ERROR_NAME = "autoseg_test_error.txt"
+
+
+def needs_test(record: FoldRecord, retry_failed: bool = False) -> bool:
+    """Whether a run asked for test-set scores lacks them: no ``test`` field yet, or (``retry_failed``) a failed one."""
+    if not record.test:
+        return True
+    return retry_failed and str(record.test.get("state", "")).startswith("failed")
+
+
+def score_test_set(record: FoldRecord, task: RunTask, fold_dir: Path, log: Callable[[str], None]) -> None:
+    """Predict the held-out test set with this run's own model (its fold, its seed, ``checkpoint_final.pth``) into
+    ``test_predictions/fold_<N>`` and keep the metric rows in ``record.test``.
+
+    A test set that cannot be predicted or scored (a corrupt image, a missing label) costs the run its test scores
+    only: the error goes to ``record.test["state"]`` (``failed: ...``, traceback in ``autoseg_test_error.txt``) and
+    the run keeps its training and validation results and stays ``done``.
+    """
+    from autoseg.evaluation.store_rows import DEFAULT_DISTANCES, DEFAULT_TOLERANCE_MM, test_block
+    from autoseg.heldout import HeldOutError, find_test_set, predict_test_set
+    from autoseg.io import read_json
+
+    raw_dir = Path(task.raw) / record.dataset
+    t0 = time.time()
+    try:
+        dataset_json = read_json(raw_dir / "dataset.json") or {}
+        test_set = find_test_set(raw_dir, dataset_json)
+        if test_set is None:
+            raise HeldOutError(f"{raw_dir} has no test images (imagesTs)")
+        (pred,) = predict_test_set(fold_dir.parent, test_set, task.device, folds=[int(record.fold)], per_fold=True,
+                                   ensemble=False, log=log)
+        record.test = test_block(record, fold_dir, pred.folder, Path(task.preprocessed), Path(task.raw))
+        record.test["seconds_per_case"] = (round(sum(pred.seconds_per_case.values()) / len(pred.seconds_per_case), 3)
+                                           if pred.seconds_per_case else None)
+        record.test["seconds"] = round(time.time() - t0, 1)
+        log(f"  test set: {record.test['state']} ({len(test_set.cases)} case(s))")
+    except Exception as e:  # noqa: BLE001 (the run's training and validation stand without the test set)
+        error = f"{type(e).__name__}: {e}"
+        record.test = {"metrics_version": None, "tolerance_mm": DEFAULT_TOLERANCE_MM, "distances": DEFAULT_DISTANCES,
+                       "state": f"failed: {error}", "predictor": None, "checkpoint": "final", "rows": []}
+        (fold_dir / TEST_ERROR_NAME).write_text(traceback.format_exc())
+        log(f"  test set of {record.run_id} failed: {error}")
 
 
 def execute_path(task_path: str) -> int:

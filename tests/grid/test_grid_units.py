@@ -217,3 +217,58 @@ def test_local_executor_a_crash_stops_only_its_run(tmp_path):
     assert all(code != 0 for code in local.results.values())
     assert "no record of D/t__p__c/fold_2" in tasks[2].log_path.read_text()
     assert sum("slot 1" in m for m in logs) >= 1 and not any("slot 2" in m for m in logs)
+
+
+def test_record_test_rows_keep_their_fold_and_settings(tmp_path):
+    """A record's ``test`` rows become table rows with split "test" and the run's fold, only under the settings they
+    were computed with; a failed test prediction says so; a done run lacks test scores until it has a block."""
+    from autoseg.evaluation.metrics import METRICS_VERSION
+    from autoseg.evaluation.store_rows import run_from_record, test_rows_from_record
+    from autoseg.grid.worker import needs_test
+
+    rec = expand(_targets()[:1], [("dice", {})], "2", [1])[0]
+    rec.status = "done"
+    assert needs_test(rec)
+    rows = [{"case": "a", "label": 1, "class_name": "x", "dice": 0.5, "iou": 1 / 3, "hd95": None, "nsd": None,
+             "tp": 1, "fp": 1, "fn": 1, "split": "test"}]
+    rec.test = {"metrics_version": METRICS_VERSION, "tolerance_mm": 2.0, "distances": "auto", "state": "evaluated",
+                "rows": rows}
+    assert not needs_test(rec) and not needs_test(rec, retry_failed=True)
+    run = run_from_record(rec, tmp_path / "fold_2")
+    (row,) = test_rows_from_record(rec, run, 2.0, "auto")
+    assert row["split"] == "test" and row["fold"] == "2" and row["seed"] == "1" and row["method"] == "dice"
+    assert row["iou"] == 1 / 3 and row["hd95"] != row["hd95"]  # None is NaN again
+    assert run.n_cases == 1 and "from the run's record" in run.state
+    assert test_rows_from_record(rec, run, 1.0, "auto") == [] and "tolerance 2.0 mm" in run.state
+    assert test_rows_from_record(rec, run, 2.0, "always") == [] and "distances auto" in run.state
+    rec.test = {**rec.test, "metrics_version": METRICS_VERSION - 1}
+    assert test_rows_from_record(rec, run, 2.0, "auto") == [] and "not evaluated" in run.state
+    rec.test = {"state": "failed: OSError: broken", "rows": []}
+    assert test_rows_from_record(rec, run, 2.0, "auto") == [] and "failed: OSError: broken" in run.state
+    assert not needs_test(rec) and needs_test(rec, retry_failed=True)
+
+
+def test_test_set_decision_per_dataset(tmp_path):
+    """benchmark --test-set: plan_and_train's rule (autoseg.heldout.decide) for one network per image."""
+    import numpy as np
+    from PIL import Image
+
+    from autoseg.grid.runner import test_set_decisions
+
+    dj = {"labels": {"background": 0, "a": 1}, "file_ending": ".png", "channel_names": {"0": "R", "1": "G", "2": "B"}}
+    for name, labelled in (("Dataset1_L", True), ("Dataset2_U", False), ("Dataset3_None", None)):
+        atomic_write_json(tmp_path / name / "dataset.json", dj)
+        if labelled is None:
+            continue
+        (tmp_path / name / "imagesTs").mkdir()
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / name / "imagesTs" / "c_0000.png")
+        if labelled:
+            (tmp_path / name / "labelsTs").mkdir()
+            Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / name / "labelsTs" / "c.png")
+    names = ["Dataset1_L", "Dataset2_U", "Dataset3_None", "Dataset1_L"]
+    said: list[str] = []
+    assert test_set_decisions(names, "auto", tmp_path, "cpu", said.append) == {
+        "Dataset1_L": True, "Dataset2_U": False, "Dataset3_None": False}
+    assert len(said) == 3 and "without labelsTs" in said[1] and "no test images" in said[2]
+    assert test_set_decisions(names, "on", tmp_path, "cpu", said.append)["Dataset2_U"] is True
+    assert not any(test_set_decisions(names, "off", tmp_path, "cpu", said.append).values())
