@@ -75,6 +75,14 @@ class GroupAnalysis:
     baseline: str | None = None
     differences: list[Difference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    seeds: dict[str, list[str]] = field(default_factory=dict)  # method -> its seeds in this group
+    seed_gaps: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # method -> {fold: seeds it has there}
+    # method -> seed -> (headline statistic of that seed alone over the paired cases it has, how many it has)
+    per_seed: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+
+    @property
+    def several_seeds(self) -> bool:
+        return any(len(s) > 1 for s in self.seeds.values())
 
     @property
     def miou_sd(self) -> np.ndarray | None:
@@ -101,24 +109,75 @@ def split_mismatches(rows: Sequence[dict]) -> dict[str, str]:
     return out
 
 
-def _per_case_arrays(rows: Sequence[dict], methods: list[str], labels: list[int]):
-    by_method: dict[str, dict[tuple[str, int], dict]] = {m: {} for m in methods}
+METRICS = ("dice", "iou", "hd95", "nsd", "tp", "fp", "fn")
+
+
+def seed_means(rows: Sequence[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """``(method, case, label) -> {metric: value}`` with the seeds of a method as repeated measurements of the same
+    case: each metric is the mean over the seeds that scored the case (NaN left out, as the per-case means leave it
+    out), and tp/fp/fn are the mean confusion counts, so the dataset-level mIoU of these rows is the mIoU of the mean
+    confusion matrix and every statistic stays paired by case. One seed gives its own values unchanged."""
+    by_seed: dict[tuple[str, str, int], dict[str, dict]] = {}
     for r in rows:
-        by_method[r["method"]][(r["case"], int(r["label"]))] = r
+        by_seed.setdefault((r["method"], r["case"], int(r["label"])), {})[str(r.get("seed", ""))] = r
+    out = {}
+    for key, seeds in by_seed.items():
+        rs = list(seeds.values())
+        if len(rs) == 1:
+            out[key] = {m: float(rs[0][m]) for m in METRICS}
+            continue
+        out[key] = {}
+        for m in METRICS:
+            v = np.array([float(r[m]) for r in rs])
+            ok = ~np.isnan(v)
+            out[key][m] = float(v[ok].mean()) if ok.any() else float("nan")
+    return out
+
+
+def seed_counts(rows: Sequence[dict]) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]:
+    """The seeds of every method (``method -> sorted seeds``), and the folds where a method has fewer of them
+    (``method -> {fold: the seeds it has there}``)."""
+    seeds: dict[str, set[str]] = {}
+    by_fold: dict[str, dict[str, set[str]]] = {}
+    for r in rows:
+        s = str(r.get("seed", ""))
+        seeds.setdefault(r["method"], set()).add(s)
+        by_fold.setdefault(r["method"], {}).setdefault(str(r["fold"]), set()).add(s)
+    all_seeds = {m: sorted(s, key=_seed_key) for m, s in seeds.items()}
+    short = {m: {f: sorted(s, key=_seed_key) for f, s in folds.items() if len(s) < len(seeds[m])}
+             for m, folds in by_fold.items()}
+    return all_seeds, {m: d for m, d in short.items() if d}
+
+
+def _seed_key(s: str) -> tuple[int, str]:
+    return (int(s), s) if s.lstrip("-").isdigit() else (1 << 30, s)
+
+
+def _per_case_arrays(rows: Sequence[dict], methods: list[str], labels: list[int]):
+    by_method: dict[str, dict[tuple[str, int], dict[str, float]]] = {m: {} for m in methods}
+    for (method, case, label), v in seed_means(rows).items():
+        by_method[method][(case, label)] = v
     case_sets = {m: {c for c, _ in d} for m, d in by_method.items()}
     common = sorted(set.intersection(*case_sets.values()))
     excluded = {m: len(s) - len(common) for m, s in case_sets.items() if len(s) > len(common)}
-    metrics = ["dice", "iou", "hd95", "nsd", "tp", "fp", "fn"]
-    values = {m: np.full((len(common), len(methods), len(labels)), np.nan) for m in metrics}
+    values = {m: np.full((len(common), len(methods), len(labels)), np.nan) for m in METRICS}
     for j, meth in enumerate(methods):
         d = by_method[meth]
         for i, case in enumerate(common):
             for k, lab in enumerate(labels):
                 r = d.get((case, lab))
                 if r is not None:
-                    for m in metrics:
-                        values[m][i, j, k] = float(r[m])
+                    for m in METRICS:
+                        values[m][i, j, k] = r[m]
     return common, excluded, values
+
+
+def _primary(natural: bool, values: dict[str, np.ndarray]) -> np.ndarray:
+    """The per-case score ``[n_cases, n_methods]``: mean Dice over classes (medical), mean IoU over the classes
+    present in the image (natural)."""
+    if natural:
+        return per_image_iou(values["iou"], values["tp"], values["fp"], values["fn"])
+    return np.nanmean(values["dice"], axis=2)
 
 
 def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -133,12 +192,16 @@ def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarra
 
 def headline_statistic(g: GroupAnalysis):
     """``stat(idx[n_boot, n_cases]) -> [n_boot, n_methods]``: the headline statistic on resampled cases."""
-    if g.natural:
+    return _statistic(g.natural, g.values, g.primary)
+
+
+def _statistic(natural: bool, values: dict[str, np.ndarray], primary: np.ndarray):
+    if natural:
         # the classes in the reference of the resampled images, the same for every method (a resample without the
         # rare class would otherwise compare one method's 0 for a stray pixel with another's "left out")
-        pooled = rk.pooled_iou_statistic(g.values["tp"], g.values["fp"], g.values["fn"], reference_classes=True)
+        pooled = rk.pooled_iou_statistic(values["tp"], values["fp"], values["fn"], reference_classes=True)
         return lambda idx: rk.nanmean_last(pooled(idx))
-    mean = rk.mean_statistic(g.primary)
+    mean = rk.mean_statistic(primary)
     return lambda idx: mean(idx)[..., 0]
 
 
@@ -223,14 +286,13 @@ def analyse_group(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, alpha
     names = {int(r["label"]): r["class_name"] for r in rows}
     common, excluded, values = _per_case_arrays(rows, methods, labels)
     primary_name = "IoU" if natural else "DSC"
-    if not common:
-        primary = np.zeros((0, len(methods)))
-    elif natural:
-        primary = per_image_iou(values["iou"], values["tp"], values["fp"], values["fn"])
-    else:
-        primary = np.nanmean(values["dice"], axis=2)
+    primary = _primary(natural, values) if common else np.zeros((0, len(methods)))
     g = GroupAnalysis(key, natural, methods, labels, [names[lab] for lab in labels], common, excluded, values,
                       primary_name, primary, rows=list(rows))
+    g.seeds, g.seed_gaps = seed_counts(rows)
+    if g.several_seeds:
+        g.notes.append(_seeds_note(g))
+        g.per_seed = _per_seed_headline(g)
     if excluded:
         g.notes.append("paired analyses use the cases every loss has; left out: "
                        + ", ".join(f"{m} {n}" for m, n in sorted(excluded.items())))
@@ -288,6 +350,35 @@ def analyse_group(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, alpha
     _reorder(g, order)
     _baseline_differences(g, baseline)
     return g
+
+
+def _seeds_note(g: GroupAnalysis) -> str:
+    counts = "; ".join(f"{m} {len(s)} ({', '.join(s)})" for m, s in sorted(g.seeds.items()))
+    note = (f"seeds per loss: {counts}. A loss's value for a {'image' if g.natural else 'case'} and class is the "
+            "mean over its seeds that scored it (" + ("the mean confusion counts, so the mIoU is that of the mean "
+                                                      "confusion matrix" if g.natural else "Dice, IoU, HD95, NSD")
+            + "), so every test stays paired by case; section Seeds shows each seed alone")
+    if g.seed_gaps:
+        note += ("; unequal seed counts (those cases are the mean of fewer seeds): "
+                 + "; ".join(f"{m} fold {f} has seed(s) {', '.join(s)}" for m, d in sorted(g.seed_gaps.items())
+                             for f, s in sorted(d.items())))
+    return note
+
+
+def _per_seed_headline(g: GroupAnalysis) -> dict[str, dict[str, tuple[float, int]]]:
+    """The headline statistic of every (method, seed) alone, over the group's paired cases that seed scored."""
+    common = set(g.cases)
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    for m, seeds in g.seeds.items():
+        for s in seeds:
+            rows = [r for r in g.rows if r["method"] == m and str(r.get("seed", "")) == s and r["case"] in common]
+            if not rows:
+                out.setdefault(m, {})[s] = (float("nan"), 0)
+                continue
+            cases, _, values = _per_case_arrays(rows, [m], g.labels)
+            value = _statistic(g.natural, values, _primary(g.natural, values))(np.arange(len(cases))[None])[0, 0]
+            out.setdefault(m, {})[s] = (float(value), len(cases))
+    return out
 
 
 def _reorder(g: GroupAnalysis, order: np.ndarray) -> None:
@@ -367,19 +458,20 @@ def _num(x: float) -> float | None:
 def fold_table(rows: Sequence[dict], natural: bool) -> dict[str, dict[str, float]]:
     """Headline statistic per method and fold, over every case of that fold (not only the paired ones): the
     per-fold numbers nnU-Net users report. Medical: mean over the fold's cases of the per-case mean Dice;
-    natural: the fold's dataset-level mIoU."""
-    by: dict[tuple[str, str], dict[str, list[dict]]] = {}
-    for r in rows:
-        by.setdefault((r["method"], str(r["fold"])), {}).setdefault(r["case"], []).append(r)
+    natural: the fold's dataset-level mIoU. Several seeds of a method count as one, by their mean per case
+    (:func:`seed_means`)."""
+    fold_of = {(r["method"], r["case"]): str(r["fold"]) for r in rows}
+    by: dict[tuple[str, str], dict[str, list[tuple[int, dict[str, float]]]]] = {}
+    for (method, case, label), v in seed_means(rows).items():
+        by.setdefault((method, fold_of[method, case]), {}).setdefault(case, []).append((label, v))
     out: dict[str, dict[str, float]] = {}
     for (method, fold), cases in by.items():
         if natural:
-            tp = np.array([[float(r["tp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
-            fp = np.array([[float(r["fp"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
-            fn = np.array([[float(r["fn"]) for r in sorted(c, key=lambda r: int(r["label"]))] for c in cases.values()])
+            counts = [[v for _, v in sorted(c, key=lambda x: x[0])] for c in cases.values()]
+            tp, fp, fn = (np.array([[v[k] for v in c] for c in counts]) for k in ("tp", "fp", "fn"))
             value = float(rk.miou_over_reference_classes(tp[:, None], fp[:, None], fn[:, None])[0])
         else:
-            value = float(np.mean([np.nanmean([float(r["dice"]) for r in c]) for c in cases.values()]))
+            value = float(np.mean([np.nanmean([v["dice"] for _, v in c]) for c in cases.values()]))
         out.setdefault(method, {})[fold] = value
     return out
 

@@ -143,6 +143,24 @@ def qualitative(image: np.ndarray | None, reference: np.ndarray, predictions: di
     return _png(fig)
 
 
+def seed_dots(methods: Sequence[str], per_seed: Sequence[Sequence[float]], values: np.ndarray, short: str) -> bytes:
+    """The headline statistic per loss: one dot per seed and a bar at the value of the seed means (in %)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(methods) + 1.5), 3.2))
+    for j, v in enumerate(per_seed):
+        v = np.asarray(v, float) * 100
+        ax.scatter(np.full(v.shape, j), v, s=18, color="tab:blue", alpha=0.8, zorder=3,
+                   label="one seed" if j == 0 else None)
+        ax.plot([j - 0.3, j + 0.3], [values[j] * 100] * 2, color="black", lw=1.5, label="seed means" if j == 0 else None)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"{short} (%)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def training_curves(curves: dict[str, list[dict[str, list[float]]]]) -> bytes:
     """Train loss, validation loss and nnU-Net's pseudo Dice per epoch: one colour per method, one line per fold."""
     plt = _plt()

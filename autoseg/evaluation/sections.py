@@ -200,6 +200,7 @@ def test_set_section(doc: Doc, ctx: ReportContext) -> None:
             continue
         _headline_table(doc, g, tag, f"Test set, {by}")
         _differences_table(doc, g, tag)
+        _seeds_table(doc, g, tag)
 
 
 def _cd_figure(doc: Doc, name: str, methods: Sequence[str], f: st.FriedmanResult, cd: float, alpha: float,
@@ -230,8 +231,8 @@ def group_header(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: str) -> No
     doc.p(f"Cross-validation. Plans {plans}; budget {budget} {' / '.join(sorted(details)) or ''}; seed(s) "
           f"{', '.join(seeds) or '-'}; folds evaluated {', '.join(folds) or '-'}; {len(g.methods)} loss(es); "
           f"{len(g.cases)} paired case(s).")
-    if len(details) > 1 or len(seeds) > 1:
-        doc.p("WARNING: the losses of this group do not share one budget and seed; the comparison is not fixed-budget.")
+    if len(details) > 1:
+        doc.p("WARNING: the losses of this group do not share one budget; the comparison is not fixed-budget.")
     if g.natural:
         doc.p("Natural images: IoU per class is dataset-level, from one confusion matrix summed over all validation "
               "images (as Cityscapes reports it); the headline mIoU is their mean over all classes; its spread is the "
@@ -327,11 +328,60 @@ def _differences_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
                     "95% paired bootstrap interval over cases; p of the paired test, Holm over all pairs)")
 
 
+def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
+    """Each seed of each loss alone, beside the spread between losses: seed noise next to loss differences."""
+    if not g.per_seed or g.headline is None:
+        return
+    from autoseg.evaluation import plots
+
+    h = g.headline
+    seeds = sorted({s for d in g.per_seed.values() for s in d}, key=lambda s: (len(s), s))
+    diff = {d.method: d for d in g.differences}
+    rows, seed_sd = [], []
+    for j, m in enumerate(g.methods):
+        per = g.per_seed.get(m, {})
+        v = np.array([per[s][0] for s in per])
+        sd = v.std(ddof=1) if np.isfinite(v).sum() > 1 else float("nan")
+        if np.isfinite(sd):
+            seed_sd.append(sd)
+        d = diff.get(m)
+        rows.append([m, len(per), ", ".join(str(c) for _, c in per.values())]
+                    + [_pct(per[s][0]) if s in per else "-" for s in seeds]
+                    + [_pct(np.nanmean(v)) if np.isfinite(v).any() else "-", _pct(sd), _pct(h.values[j])]
+                    + (["0 (baseline)" if m == g.baseline else f"{d.diff * 100:+.2f} {_ci(d.low, d.high)}"]
+                       if g.differences else []))
+    unit = "images" if g.natural else "cases"
+    header = ["loss", "seeds", f"paired {unit} per seed"] + [f"seed {s} {h.short} (%)" for s in seeds] + [
+        "mean over seeds (%)", "sd over seeds (%)", f"{h.short} of the seed means (%)"]
+    header += [f"Δ vs {g.baseline} (points, 95% CI)"] if g.differences else []
+    doc.h(2, "Seeds")
+    doc.table(f"seeds_{tag}", header, rows,
+              f"The headline {h.short} of every seed alone over the paired {unit} it scored, its mean and sd over "
+              f"seeds, and the value the report ranks (each of the {len(g.cases)} paired {unit} the mean over "
+              "seeds); last, the paired difference to the baseline with its 95% bootstrap interval over "
+              f"{unit}")
+    between = h.values.std(ddof=1) if len(h.values) > 1 else float("nan")
+    spread = (f"{_pct(min(seed_sd))} to {_pct(max(seed_sd))} points (median {_pct(float(np.median(seed_sd)))})"
+              if seed_sd else "-")
+    doc.p(f"Seed noise against loss differences: the sd over seeds of one loss is {spread}; the sd of the "
+          f"{h.short} between the {len(g.methods)} losses is {_pct(between)} points and their range "
+          f"{_pct(float(h.values.max() - h.values.min()))} points. Two losses closer than the seed spread cannot be "
+          "told apart by this study.")
+    doc.img(f"seeds_{tag}", plots.seed_dots(g.methods, [[per[0] for per in g.per_seed.get(m, {}).values()]
+                                                        for m in g.methods], h.values, h.short),
+            f"{h.short} per loss: one dot per seed, the bar the value of the seed means")
+
+
 @group_section("baseline")
 def baseline_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: str) -> None:
     if g.differences:
         doc.h(2, f"Against the baseline ({g.baseline})")
         _differences_table(doc, g, tag)
+
+
+@group_section("seeds")
+def seeds_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: str) -> None:
+    _seeds_table(doc, g, tag)
 
 
 @group_section("distance_tables")
@@ -452,7 +502,7 @@ def distributions_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: s
 
 def _group_runs(g: GroupAnalysis, runs: Sequence[Run]) -> list[Run]:
     out = [r for r in runs if r.group == g.key and r.status != "missing" and r.method in g.methods]
-    return sorted(out, key=lambda r: (g.methods.index(r.method), fold_key(r.fold)))
+    return sorted(out, key=lambda r: (g.methods.index(r.method), fold_key(r.fold), r.seed))
 
 
 def _seconds(x: float | None) -> str:
@@ -471,13 +521,15 @@ def cost_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: str) -> No
         epochs = "-" if c.epochs_completed is None else str(c.epochs_completed)
         if c.epochs_planned is not None:
             epochs += f" / {c.epochs_planned}"
-        rows.append([r.method, r.fold, c.device or "-", epochs, _seconds(c.wall_seconds),
-                     "-" if c.seconds_per_epoch is None else f"{c.seconds_per_epoch:.2f}", c.source])
+        # a group with seeds says which run each row is (one loss and fold has a run per seed)
+        rows.append([r.method, r.fold] + ([r.seed] if g.several_seeds else [])
+                    + [c.device or "-", epochs, _seconds(c.wall_seconds),
+                       "-" if c.seconds_per_epoch is None else f"{c.seconds_per_epoch:.2f}", c.source])
     if not rows:
         doc.p("No run of this group to report the cost of.")
         return
-    doc.table(f"cost_{tag}", ["loss", "fold", "device", "epochs completed / planned", "wall time", "s per epoch",
-                              "from"], rows,
+    doc.table(f"cost_{tag}", ["loss", "fold"] + (["seed"] if g.several_seeds else [])
+              + ["device", "epochs completed / planned", "wall time", "s per epoch", "from"], rows,
               "Cost per run, from autoseg.json and nnU-Net's training log ('-' where neither says)")
     planned = [c.epochs_planned if c.epochs_planned is not None else c.epochs_completed for c in costs]
     known = [n for n in planned if n is not None]

@@ -1,0 +1,198 @@
+"""Several seeds of a loss in one group: repeated measurements of the same cases, averaged per case (medical) or as
+the mean confusion counts per image (natural images), never dropped; the seeds table. Rows are built by hand and
+every expected number is computed by hand here."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.evaluation.analysis import analyse_group, fold_table
+from autoseg.evaluation.document import Doc, render
+from autoseg.evaluation.report import analyse
+from autoseg.evaluation.runs import Run
+from autoseg.evaluation.scoring import Evaluation
+from autoseg.evaluation.sections import REPORT_SECTIONS, ReportContext
+
+GROUP = {"dataset": "Dataset999_Toy", "configuration": "2d", "architecture": "cnn", "plans": "nnUNetPlans",
+         "budget": "quick"}
+NAMES = {0: "sky", 1: "organ", 2: "tumour"}
+
+
+def _row(method, seed, fold, case, label, dice=float("nan"), hd95=float("nan"), tp=0, fp=0, fn=0, natural=False,
+         split="cv"):
+    iou = tp / (tp + fp + fn) if tp + fp + fn else float("nan")
+    return {**GROUP, "seed": str(seed), "method": method, "loss": method, "loss_args": "{}", "trainer": method,
+            "fold": str(fold), "natural_image": natural, "case": case, "label": label, "class_name": NAMES[label],
+            "ref_empty": False, "pred_empty": False, "dice": dice, "iou": iou, "hd95": hd95, "nsd": float("nan"),
+            "nsd_tolerance_mm": 1.0, "tp": tp, "fp": fp, "fn": fn, "tn": 0, "n_ref": tp + fn, "n_pred": tp + fp,
+            "spacing": "1,1", "split": split}
+
+
+# medical: Dice per (case, label). "a" has seeds 0 and 1, the baseline dice_ce one seed.
+DICE_A = {0: {"c1": (0.8, 0.6), "c2": (0.9, 0.5), "c3": (0.7, 0.4)},
+          1: {"c1": (0.6, 0.4), "c2": (0.7, 0.7), "c3": (0.9, 0.2)}}
+DICE_BASE = {"c1": (0.5, 0.5), "c2": (0.6, 0.4), "c3": (0.7, 0.3)}
+
+
+def _medical_rows():
+    rows = []
+    for seed, cases in DICE_A.items():
+        for case, (d1, d2) in cases.items():
+            # HD95: seed 1 has none for c1's tumour (NaN), so that case's value is seed 0's alone
+            rows += [_row("a", seed, 0, case, 1, d1, hd95=2.0 + seed),
+                     _row("a", seed, 0, case, 2, d2, hd95=float("nan") if (seed, case) == (1, "c1") else 4.0 * seed)]
+    for case, (d1, d2) in DICE_BASE.items():
+        rows += [_row("dice_ce", 0, 0, case, 1, d1, hd95=1.0), _row("dice_ce", 0, 0, case, 2, d2, hd95=1.0)]
+    return rows
+
+
+def test_two_seeds_are_averaged_per_case_not_overwritten():
+    g = analyse_group(_medical_rows(), n_boot=50)
+    assert g.cases == ["c1", "c2", "c3"] and g.seeds == {"a": ["0", "1"], "dice_ce": ["0"]}
+    a = g.methods.index("a")
+    # per case and class the mean of the two seeds: organ (0.8+0.6)/2=0.7, (0.9+0.7)/2=0.8, (0.7+0.9)/2=0.8;
+    # tumour (0.6+0.4)/2=0.5, (0.5+0.7)/2=0.6, (0.4+0.2)/2=0.3
+    assert g.values["dice"][:, a, 0] == pytest.approx([0.7, 0.8, 0.8])
+    assert g.values["dice"][:, a, 1] == pytest.approx([0.5, 0.6, 0.3])
+    # headline: per-case mean (0.6, 0.7, 0.55), their mean 0.61666...
+    assert g.headline.values[a] == pytest.approx((0.6 + 0.7 + 0.55) / 3)
+    # HD95 of c1's tumour: seed 1 has NaN, left out -> seed 0's 0.0; c2 and c3: (0 + 4) / 2 = 2
+    assert g.values["hd95"][:, a, 1] == pytest.approx([0.0, 2.0, 2.0])
+    assert g.values["hd95"][:, a, 0] == pytest.approx([2.5, 2.5, 2.5])
+    # each seed alone: seed 0 per-case means 0.7, 0.7, 0.55; seed 1: 0.5, 0.7, 0.55
+    assert g.per_seed["a"]["0"] == (pytest.approx((0.7 + 0.7 + 0.55) / 3), 3)
+    assert g.per_seed["a"]["1"] == (pytest.approx((0.5 + 0.7 + 0.55) / 3), 3)
+    assert g.per_seed["dice_ce"]["0"] == (pytest.approx((0.5 + 0.5 + 0.5) / 3), 3)
+    # the per-fold table uses the same per-case means
+    assert fold_table(g.rows, False)["a"]["0"] == pytest.approx((0.6 + 0.7 + 0.55) / 3)
+    assert any("seeds per loss: a 2 (0, 1); dice_ce 1 (0)" in n for n in g.notes)
+    # Wilcoxon pairs on three cases: a's per-case means against the baseline's, paired by case
+    assert g.primary[:, a] == pytest.approx([0.6, 0.7, 0.55])
+
+
+def _runs(rows, tmp_path: Path):
+    seen = {}
+    for r in rows:
+        key = (r["method"], r["fold"], r["seed"])
+        if key not in seen:
+            seen[key] = Run(path=tmp_path / "none" / "_".join(key), dataset=r["dataset"], trainer=r["trainer"],
+                            plans=r["plans"], configuration=r["configuration"], fold=r["fold"], loss=r["loss"],
+                            method=r["method"], architecture=r["architecture"], budget=r["budget"], seed=r["seed"],
+                            status="done", natural_image=r["natural_image"], state="evaluated", n_cases=3)
+    return list(seen.values())
+
+
+def _report(rows, tmp_path: Path):
+    groups, test_groups = analyse(rows, n_boot=50)
+    ctx = ReportContext(Evaluation(rows, _runs(rows, tmp_path)), groups, test_groups)
+    doc = Doc()
+    for _, section in REPORT_SECTIONS:
+        section(doc, ctx)
+    render(doc, tmp_path / "r", "seeds")
+    return groups, test_groups, tmp_path / "r"
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return {r["loss"]: r for r in csv.DictReader(f)}
+
+
+def test_report_tables_and_seeds_table_by_hand(tmp_path):
+    _, _, out = _report(_medical_rows(), tmp_path)
+    tables = out / "tables"
+    dsc = _csv(next(tables.glob("dsc_*.csv")))
+    organ = np.array([0.7, 0.8, 0.8]) * 100
+    assert dsc["a"]["DSC organ (%)"] == f"{organ.mean():.2f} ± {organ.std(ddof=1):.2f}"
+    case_means = np.array([0.6, 0.7, 0.55]) * 100
+    assert dsc["a"]["DSC avg (%)"] == f"{case_means.mean():.2f} ± {case_means.std(ddof=1):.2f}"
+    seeds = _csv(next(tables.glob("seeds_*.csv")))
+    s0, s1 = (0.7 + 0.7 + 0.55) / 3 * 100, (0.5 + 0.7 + 0.55) / 3 * 100
+    assert seeds["a"]["seeds"] == "2" and seeds["a"]["paired cases per seed"] == "3, 3"
+    assert seeds["a"]["seed 0 DSC (%)"] == f"{s0:.2f}" and seeds["a"]["seed 1 DSC (%)"] == f"{s1:.2f}"
+    assert seeds["a"]["mean over seeds (%)"] == f"{(s0 + s1) / 2:.2f}"
+    assert seeds["a"]["sd over seeds (%)"] == f"{abs(s0 - s1) / math.sqrt(2):.2f}"
+    assert seeds["a"]["DSC of the seed means (%)"] == f"{case_means.mean():.2f}"
+    assert seeds["dice_ce"]["seed 1 DSC (%)"] == "-" and seeds["dice_ce"]["sd over seeds (%)"] == "-"
+    diff = case_means.mean() - 50.0
+    assert seeds["a"]["Δ vs dice_ce (points, 95% CI)"].startswith(f"{diff:+.2f} [")
+    cost = list(csv.DictReader(open(next(tables.glob("cost_*.csv")))))
+    assert [(r["loss"], r["seed"]) for r in cost] == [("a", "0"), ("a", "1"), ("dice_ce", "0")]
+    md = (out / "report.md").read_text()
+    assert "## Seeds" in md and "seeds per loss: a 2 (0, 1)" in md and "not fixed-budget" not in md
+    assert (out / "figures").glob("seeds_*.png")
+
+
+def test_unequal_seed_counts_are_named(tmp_path):
+    rows = _medical_rows()
+    # a third case in fold 1, scored by a's seed 0 only (and the baseline)
+    rows += [_row("a", 0, 1, "c4", 1, 1.0), _row("a", 0, 1, "c4", 2, 1.0),
+             _row("dice_ce", 0, 1, "c4", 1, 0.5), _row("dice_ce", 0, 1, "c4", 2, 0.5)]
+    g = analyse_group(rows, n_boot=20)
+    assert g.seed_gaps == {"a": {"1": ["0"]}}
+    assert any("a fold 1 has seed(s) 0" in n for n in g.notes)
+    a = g.methods.index("a")
+    assert g.primary[g.cases.index("c4"), a] == 1.0  # the one seed it has
+    assert g.per_seed["a"]["0"][1] == 4 and g.per_seed["a"]["1"][1] == 3
+
+
+# natural images: tp, fp, fn per image and class for two seeds of "a" and one of the baseline
+COUNTS_A = {0: {"i1": {0: (8, 2, 0), 1: (4, 0, 2)}, "i2": {0: (6, 0, 2), 1: (2, 2, 0)}},
+            1: {"i1": {0: (6, 0, 2), 1: (6, 2, 0)}, "i2": {0: (8, 4, 0), 1: (0, 0, 2)}}}
+COUNTS_BASE = {"i1": {0: (5, 5, 3), 1: (3, 3, 3)}, "i2": {0: (4, 4, 4), 1: (1, 1, 1)}}
+
+
+def _natural_rows(split="cv"):
+    rows = []
+    for seed, images in COUNTS_A.items():
+        for case, by_label in images.items():
+            rows += [_row("a", seed, 0, case, lab, tp=tp, fp=fp, fn=fn, natural=True, split=split)
+                     for lab, (tp, fp, fn) in by_label.items()]
+    for case, by_label in COUNTS_BASE.items():
+        rows += [_row("dice_ce", 0, 0, case, lab, tp=tp, fp=fp, fn=fn, natural=True, split=split)
+                 for lab, (tp, fp, fn) in by_label.items()]
+    return rows
+
+
+def test_natural_seeds_give_the_miou_of_the_mean_confusion_counts(tmp_path):
+    # mean counts per image over the two seeds, then summed over the images:
+    # class 0: i1 (7, 1, 1), i2 (7, 2, 1) -> tp 14, fp 3, fn 2 -> IoU 14/19
+    # class 1: i1 (5, 1, 1), i2 (1, 1, 1) -> tp 6, fp 2, fn 2 -> IoU 6/10
+    miou = (14 / 19 + 6 / 10) / 2
+    # each seed alone: seed 0 class 0 tp 14 fp 2 fn 2 -> 14/18, class 1 tp 6 fp 2 fn 2 -> 6/10
+    #                  seed 1 class 0 tp 14 fp 4 fn 2 -> 14/20, class 1 tp 6 fp 2 fn 2 -> 6/10
+    seed0, seed1 = (14 / 18 + 6 / 10) / 2, (14 / 20 + 6 / 10) / 2
+    g = analyse_group(_natural_rows(), n_boot=50)
+    a = g.methods.index("a")
+    assert g.headline.values[a] == pytest.approx(miou)
+    assert g.pooled[a] == pytest.approx([14 / 19, 6 / 10])
+    assert g.per_seed["a"]["0"][0] == pytest.approx(seed0) and g.per_seed["a"]["1"][0] == pytest.approx(seed1)
+    assert fold_table(g.rows, True)["a"]["0"] == pytest.approx(miou)
+    # paired by image: the permutation test sees two images, not four
+    assert g.values["tp"].shape[:2] == (2, 2) and g.cases == ["i1", "i2"]
+
+
+def test_natural_test_set_with_seeds_gets_its_seeds_table(tmp_path):
+    """CamVid's layout: every seed trained on fold 0 and scored on the test split (rows split test, fold 0)."""
+    groups, test_groups, out = _report(_natural_rows(split="test"), tmp_path)
+    assert groups == [] and len(test_groups) == 1
+    predictor, g = test_groups[0]
+    assert predictor == "0" and g.seeds["a"] == ["0", "1"]
+    seeds = _csv(next((out / "tables").glob("seeds_test_*.csv")))
+    assert seeds["a"]["seed 0 mIoU (%)"] == f"{(14 / 18 + 6 / 10) / 2 * 100:.2f}"
+    assert seeds["a"]["mIoU of the seed means (%)"] == f"{(14 / 19 + 6 / 10) / 2 * 100:.2f}"
+    iou = _csv(next((out / "tables").glob("iou_test_*.csv")))
+    assert iou["a"]["IoU sky (%)"] == f"{14 / 19 * 100:.2f}"
+
+
+def test_a_group_without_seeds_has_no_seeds_table(tmp_path):
+    rows = [r for r in _medical_rows() if not (r["method"] == "a" and r["seed"] == "1")]
+    groups, _, out = _report(rows, tmp_path)
+    assert not groups[0].several_seeds and not groups[0].per_seed
+    assert not list((out / "tables").glob("seeds_*.csv"))
+    assert "seed" not in next(csv.reader(open(next((out / "tables").glob("cost_*.csv")))))
+    assert "seeds per loss" not in (out / "report.md").read_text()
