@@ -443,7 +443,8 @@ def headline_json(g: GroupAnalysis) -> dict:
     out["sd"] = h.sd_kind
     out["ranking"] = [{"loss": m, "rank": float(h.ranks[j]), "value": _num(h.values[j]), "sd": _num(h.sd[j]),
                        "ci_low": _num(h.low[j]), "ci_high": _num(h.high[j]),
-                       "rank_interval": [float(h.interval.low[j]), float(h.interval.high[j])]}
+                       "rank_interval": [float(h.interval.low[j]), float(h.interval.high[j])],
+                       "seeds": g.seeds.get(m, [])}
                       for j, m in enumerate(g.methods)]
     return out
 

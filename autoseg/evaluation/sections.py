@@ -413,7 +413,8 @@ def empty_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: str) -> N
     doc.table(f"empty_{tag}", ["loss", "class", "cases", "empty reference", "empty prediction", "both empty"], rows,
               "Cases per loss and class whose reference or prediction is empty (scored by the empty-structure "
               "policy: both empty DSC 1, one empty DSC 0 and HD95 the image diagonal)"
-              + ("; for natural images a class empty in both is left out of the per-image mean" if g.natural else ""))
+              + ("; for natural images a class empty in both is left out of the per-image mean" if g.natural else "")
+              + ("; a loss with several seeds counts each seed's prediction of a case" if g.several_seeds else ""))
 
 
 @group_section("ranking")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.evaluation.analysis import analyse_group, fold_table
+from autoseg.evaluation.analysis import analyse_group, fold_table, headline_json
 from autoseg.evaluation.document import Doc, render
 from autoseg.evaluation.report import analyse
 from autoseg.evaluation.runs import Run
@@ -103,7 +103,7 @@ def _csv(path):
 
 
 def test_report_tables_and_seeds_table_by_hand(tmp_path):
-    _, _, out = _report(_medical_rows(), tmp_path)
+    (g,), _, out = _report(_medical_rows(), tmp_path)
     tables = out / "tables"
     dsc = _csv(next(tables.glob("dsc_*.csv")))
     organ = np.array([0.7, 0.8, 0.8]) * 100
@@ -124,7 +124,10 @@ def test_report_tables_and_seeds_table_by_hand(tmp_path):
     assert [(r["loss"], r["seed"]) for r in cost] == [("a", "0"), ("a", "1"), ("dice_ce", "0")]
     md = (out / "report.md").read_text()
     assert "## Seeds" in md and "seeds per loss: a 2 (0, 1)" in md and "not fixed-budget" not in md
-    assert (out / "figures").glob("seeds_*.png")
+    assert list((out / "figures").glob("seeds_*.png"))
+    assert "each seed's prediction of a case" in md
+    verdict = {e["loss"]: e for e in headline_json(g)["ranking"]}
+    assert verdict["a"]["seeds"] == ["0", "1"] and verdict["a"]["value"] == pytest.approx(case_means.mean() / 100)
 
 
 def test_unequal_seed_counts_are_named(tmp_path):
@@ -196,3 +199,41 @@ def test_a_group_without_seeds_has_no_seeds_table(tmp_path):
     assert not list((out / "tables").glob("seeds_*.csv"))
     assert "seed" not in next(csv.reader(open(next((out / "tables").glob("cost_*.csv")))))
     assert "seeds per loss" not in (out / "report.md").read_text()
+
+
+def _dice(pred, ref, label):
+    p, r = pred == label, ref == label
+    tp, fp, fn = np.count_nonzero(p & r), np.count_nonzero(p & ~r), np.count_nonzero(~p & r)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)  # both empty: 1 (the empty-structure policy)
+
+
+def test_seed_folders_of_a_results_tree_are_combined(tmp_path):
+    """From disk: a second seed of twin_a (trainer ..._seed1, autoseg.json seed 1) predicting like 'bad' gives twin_a
+    the mean of the two per case, and both seeds in the runs table."""
+    import json
+    import shutil
+
+    from eval_synthetic_tree import DATASET, PREDICT, build_tree, reference, write_seg
+
+    from autoseg.evaluation.report import build_report
+
+    tree = build_tree(tmp_path, cases_per_fold=(4,), methods=("good", "twin_a"), missing=(), failed=(),
+                      progress_png=False)
+    src = tree["results"] / DATASET / "nnUNetTrainer_autoseg_twin_a__nnUNetPlans__3d_fullres"
+    dst = tree["results"] / DATASET / "nnUNetTrainer_autoseg_twin_a_seed1__nnUNetPlans__3d_fullres"
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "fold_0" / "autoseg.json").read_text())
+    (dst / "fold_0" / "autoseg.json").write_text(json.dumps({**meta, "seed": 1,
+                                                             "trainer": "nnUNetTrainer_autoseg_twin_a_seed1"}))
+    for i in range(4):
+        write_seg(dst / "fold_0" / "validation" / f"toy_{i:03d}.nii.gz", PREDICT["bad"](reference(i), i))
+    res = build_report(tree["results"], tmp_path / "r", tree["preprocessed"], None, n_boot=20, progress=None)
+    (g,) = res.groups
+    assert g.seeds == {"good": ["0"], "twin_a": ["0", "1"]} and len(g.cases) == 4
+    organ = np.array([(_dice(PREDICT["twin_a"](reference(i), i), reference(i), 1)
+                       + _dice(PREDICT["bad"](reference(i), i), reference(i), 1)) / 2 for i in range(4)]) * 100
+    dsc = _csv(next((tmp_path / "r" / "tables").glob("dsc_*.csv")))
+    assert dsc["twin_a"]["DSC organ (%)"] == f"{organ.mean():.2f} ± {organ.std(ddof=1):.2f}"
+    runs = list(csv.DictReader(open(tmp_path / "r" / "tables" / "runs.csv")))
+    assert sorted((r["loss"], r["seed"]) for r in runs) == [("good", "0"), ("twin_a", "0"), ("twin_a", "1")]
+    assert list((tmp_path / "r" / "tables").glob("seeds_*.csv"))
