@@ -200,7 +200,7 @@ def test_set_section(doc: Doc, ctx: ReportContext) -> None:
             continue
         _headline_table(doc, g, tag, f"Test set, {by}")
         _differences_table(doc, g, tag)
-        _seeds_table(doc, g, tag)
+        _seeds_table(doc, g, tag, level=3)  # under the test group's own heading
 
 
 def _cd_figure(doc: Doc, name: str, methods: Sequence[str], f: st.FriedmanResult, cd: float, alpha: float,
@@ -328,7 +328,7 @@ def _differences_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
                     "95% paired bootstrap interval over cases; p of the paired test, Holm over all pairs)")
 
 
-def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
+def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str, level: int = 2) -> None:
     """Each seed of each loss alone, beside the spread between losses: seed noise next to loss differences."""
     if not g.per_seed or g.headline is None:
         return
@@ -354,7 +354,7 @@ def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
     header = ["loss", "seeds", f"paired {unit} per seed"] + [f"seed {s} {h.short} (%)" for s in seeds] + [
         "mean over seeds (%)", "sd over seeds (%)", f"{h.short} of the seed means (%)"]
     header += [f"Δ vs {g.baseline} (points, 95% CI)"] if g.differences else []
-    doc.h(2, "Seeds")
+    doc.h(level, "Seeds")
     doc.table(f"seeds_{tag}", header, rows,
               f"The headline {h.short} of every seed alone over the paired {unit} it scored, its mean and sd over "
               f"seeds, and the value the report ranks (each of the {len(g.cases)} paired {unit} the mean over "
