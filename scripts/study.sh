@@ -20,7 +20,7 @@ STORE=$STUDY/store
 WORK=${AUTOSEG_STUDY_WORK:-$HOME/autoseg_study/hippocampus}
 # The budget: nnU-Net's quick CPU plan (autoseg/plans/budgets.py) trained for 40 epochs of 25
 # iterations (1,000 iterations; the demo's quick preset trains 50 x 25), two runs at once (one thread
-# each: 1.2x the throughput of one run with two threads on a 2-core machine). About 260 s per run,
+# each: 1.17x the throughput of one run with two threads on a 2-core machine). About 260 s per run,
 # 11 hours for the 31 losses x 5 folds; docs/studies/hippocampus/README.md says why not less.
 BUDGET=(--budget quick --epochs 40 --iterations 25)
 JOBS=${STUDY_JOBS:-2}
