@@ -13,6 +13,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def camvid_subset(src: Path, dst: Path, void: int = 11) -> None:
+    """A SegNet-layout folder of symlinks into the CamVid folder ``src``: the first 4 train, 4 val and 3 test
+    images whose labels hold every one of the 11 classes."""
+    import numpy as np
+    from PIL import Image
+
+    for split, n in (("train", 4), ("val", 4), ("test", 3)):
+        (dst / split).mkdir(parents=True)
+        (dst / f"{split}annot").mkdir()
+        kept = 0
+        for label in sorted((src / f"{split}annot").glob("*.png")):
+            if set(np.unique(np.asarray(Image.open(label))).tolist()) - {void} == set(range(11)):
+                os.symlink(label, dst / f"{split}annot" / label.name)
+                os.symlink(src / split / label.name, dst / split / label.name)
+                kept += 1
+                if kept == n:
+                    break
 N_CASES = 10  # bundled cases used by the end-to-end tests (2 per validation fold)
 
 

@@ -10,13 +10,12 @@ PNG files, not with autoseg's metric code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, autoseg_cli
+from conftest import SHARED_DATA, autoseg_cli, camvid_subset
 from PIL import Image
 
 from autoseg.records import read_record
@@ -30,22 +29,6 @@ VOID = 11
 DATASET = "Dataset603_CamVid"
 BUDGET = ["--dataset", "603", "--config", "2d", "--budget", "smoke", "--epochs", "2", "--iterations", "2",
           "--device", "cpu", "--no-verify", "-np", "1", "--folds", "0"]
-
-
-def _subset(dst: Path) -> None:
-    """A SegNet-layout folder of symlinks: the first 4 train, 4 val and 3 test images holding every class."""
-    src = CAMVID / "CamVid"
-    for split, n in (("train", 4), ("val", 4), ("test", 3)):
-        (dst / split).mkdir(parents=True)
-        (dst / f"{split}annot").mkdir()
-        kept = 0
-        for label in sorted((src / f"{split}annot").glob("*.png")):
-            if set(np.unique(np.asarray(Image.open(label))).tolist()) - {VOID} == set(range(11)):
-                os.symlink(label, dst / f"{split}annot" / label.name)
-                os.symlink(src / split / label.name, dst / split / label.name)
-                kept += 1
-                if kept == n:
-                    break
 
 
 def _png(path: Path) -> np.ndarray:
@@ -71,7 +54,7 @@ def _cli(*args, env):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     work = tmp_path_factory.mktemp("grid_test_set")
-    _subset(work / "src" / "CamVid")
+    camvid_subset(CAMVID / "CamVid", work / "src" / "CamVid", VOID)
     env = {"nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1", "AUTOSEG_HOME": str(work)}
     conv = autoseg_cli("convert", "camvid", "--source", str(work / "src"), "--out", str(work / "nnUNet_raw"),
                        "--size", "160x120", "--quiet", env=env)

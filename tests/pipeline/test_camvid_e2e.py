@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, autoseg_cli
+from conftest import SHARED_DATA, autoseg_cli, camvid_subset
 from PIL import Image
 
 # ../shared/data beside the checkout, else the shared folder of the development machine (as tests/data does)
@@ -31,22 +31,6 @@ VOID = 11
 DATASET = "Dataset603_CamVid"
 CONFIG = "2d_smoke"
 LOSSES = ("dice_ce", "ce")
-
-
-def _subset(dst: Path) -> None:
-    """A SegNet-layout folder of symlinks: the first 4 train, 4 val and 3 test images holding every class."""
-    src = CAMVID / "CamVid"
-    for split, n in (("train", 4), ("val", 4), ("test", 3)):
-        (dst / split).mkdir(parents=True)
-        (dst / f"{split}annot").mkdir()
-        kept = 0
-        for label in sorted((src / f"{split}annot").glob("*.png")):
-            if set(np.unique(np.asarray(Image.open(label))).tolist()) - {VOID} == set(range(11)):
-                os.symlink(label, dst / f"{split}annot" / label.name)
-                os.symlink(src / split / label.name, dst / split / label.name)
-                kept += 1
-                if kept == n:
-                    break
 
 
 def _png(path: Path) -> np.ndarray:
@@ -68,7 +52,7 @@ def _iou_by_hand(pairs: list[tuple[Path, Path]]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def camvid(tmp_path_factory):
     work = tmp_path_factory.mktemp("camvid_e2e")
-    _subset(work / "src" / "CamVid")
+    camvid_subset(CAMVID / "CamVid", work / "src" / "CamVid", VOID)
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(nnUNet_def_n_proc="1", OMP_NUM_THREADS="1")
     conv = autoseg_cli("convert", "camvid", "--source", str(work / "src"), "--out", str(work / "nnUNet_raw"),
