@@ -143,13 +143,14 @@ def seed_counts(rows: Sequence[dict]) -> tuple[dict[str, list[str]], dict[str, d
         s = str(r.get("seed", ""))
         seeds.setdefault(r["method"], set()).add(s)
         by_fold.setdefault(r["method"], {}).setdefault(str(r["fold"]), set()).add(s)
-    all_seeds = {m: sorted(s, key=_seed_key) for m, s in seeds.items()}
-    short = {m: {f: sorted(s, key=_seed_key) for f, s in folds.items() if len(s) < len(seeds[m])}
+    all_seeds = {m: sorted(s, key=seed_order) for m, s in seeds.items()}
+    short = {m: {f: sorted(s, key=seed_order) for f, s in folds.items() if len(s) < len(seeds[m])}
              for m, folds in by_fold.items()}
     return all_seeds, {m: d for m, d in short.items() if d}
 
 
-def _seed_key(s: str) -> tuple[int, str]:
+def seed_order(s: str) -> tuple[int, str]:
+    """Sort key of seeds: numerically, anything else after them."""
     return (int(s), s) if s.lstrip("-").isdigit() else (1 << 30, s)
 
 

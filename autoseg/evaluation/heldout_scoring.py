@@ -117,7 +117,7 @@ def _recorded_test_runs(runs: Sequence[Run], rows: list[dict], tolerances, dista
     :func:`autoseg.evaluation.scoring.evaluate_run` does for the validation rows."""
     from autoseg.evaluation.store_rows import test_rows_from_record
     from autoseg.heldout import META_NAME, TEST_DIR, fold_folder
-    from autoseg.records import read_record
+    from autoseg.records import FoldRecord
 
     out = []
     for run in runs:
@@ -126,10 +126,8 @@ def _recorded_test_runs(runs: Sequence[Run], rows: list[dict], tolerances, dista
         if (run.path.parent / TEST_DIR / fold_folder(run.fold) / META_NAME).is_file():
             continue  # scored from the predictions above
         try:
-            record = read_record(run.path)
-        except ValueError:
-            continue
-        if record is None or not record.test:
+            record = FoldRecord.from_dict(run.meta)  # the run's autoseg.json, as read when the run was found
+        except (TypeError, ValueError):
             continue
         test = dataclasses.replace(run, state="", n_cases=0, n_computed=0)
         rows.extend(test_rows_from_record(record, test, tolerance_for(test.dataset, tolerances), distances))

@@ -13,7 +13,7 @@ import numpy as np
 
 from autoseg.evaluation import ranking as rk
 from autoseg.evaluation import stats as st
-from autoseg.evaluation.analysis import GroupAnalysis, empty_counts, fold_table
+from autoseg.evaluation.analysis import GroupAnalysis, empty_counts, fold_table, seed_order
 from autoseg.evaluation.dataset import load_dataset_info, read_segmentation, reference_for
 from autoseg.evaluation.document import Doc
 from autoseg.evaluation.runs import Run, fold_key
@@ -335,7 +335,7 @@ def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str, level: int = 2) -> None:
     from autoseg.evaluation import plots
 
     h = g.headline
-    seeds = sorted({s for d in g.per_seed.values() for s in d}, key=lambda s: (len(s), s))
+    seeds = sorted({s for d in g.per_seed.values() for s in d}, key=seed_order)
     diff = {d.method: d for d in g.differences}
     rows, seed_sd = [], []
     for j, m in enumerate(g.methods):

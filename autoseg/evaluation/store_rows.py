@@ -128,11 +128,16 @@ def rows_from_record(record: FoldRecord, run: Run, tolerance_mm: float, distance
     return out
 
 
+def test_failed(block: dict[str, Any] | None) -> bool:
+    """Whether a record's ``test`` block says its test prediction failed (``autoseg.grid.worker.score_test_set``)."""
+    return str((block or {}).get("state", "")).startswith("failed")
+
+
 def test_rows_from_record(record: FoldRecord, test: Run, tolerance_mm: float, distances: str) -> list[dict]:
     """The held-out test rows (``split`` "test", ``fold`` the run's fold: it predicted them) of ``test``, a copy of
     the run's :class:`Run`, from its record's ``test`` field; sets ``test.state`` (why there are none, where so)."""
     block = record.test or {}
-    if str(block.get("state", "")).startswith("failed"):  # autoseg.grid.worker.score_test_set
+    if test_failed(block):
         test.state = f"not evaluated: test set {block['state']} (from the run's record)"
         return []
     mismatch = settings_mismatch(block, tolerance_mm, distances)
@@ -145,4 +150,4 @@ def test_rows_from_record(record: FoldRecord, test: Run, tolerance_mm: float, di
 
 
 __all__ = ["evaluation_block", "read_nnunet_summary", "rows_from_record", "run_from_record", "settings_mismatch",
-           "test_block", "test_rows_from_record"]
+           "test_block", "test_failed", "test_rows_from_record"]

@@ -198,9 +198,11 @@ TEST_ERROR_NAME = "autoseg_test_error.txt"
 
 def needs_test(record: FoldRecord, retry_failed: bool = False) -> bool:
     """Whether a run asked for test-set scores lacks them: no ``test`` field yet, or (``retry_failed``) a failed one."""
+    from autoseg.evaluation.store_rows import test_failed
+
     if not record.test:
         return True
-    return retry_failed and str(record.test.get("state", "")).startswith("failed")
+    return retry_failed and test_failed(record.test)
 
 
 def score_test_set(record: FoldRecord, task: RunTask, fold_dir: Path, log: Callable[[str], None]) -> None:
