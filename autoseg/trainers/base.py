@@ -97,6 +97,9 @@ class nnUNetTrainerAutoseg(nnUNetTrainer):
             # the plan's spacing, the unit of the ground-truth maps the workers hand them.
             if hasattr(module, "spacing") and module.spacing is None:
                 module.spacing = tuple(float(s) for s in self.configuration_manager.spacing)
+            # Frozen networks inside a loss (InverseForm's) run in the training precision when it is bfloat16.
+            if hasattr(module, "network_dtype") and module.network_dtype is None and self.training_precision == "bf16":
+                module.network_dtype = "bfloat16"
         return loss
 
     def deep_supervision_weights(self) -> list[float] | None:

@@ -15,7 +15,7 @@ from autoseg.losses import build_loss
 from autoseg.losses.boundary._morphology import bins_from_survival, label_boundary, survival
 from autoseg.losses.boundary.boundary_aware import boundary_aware_loss
 from autoseg.losses.boundary.conditional_boundary import conditional_boundary_loss
-from autoseg.losses.boundary.inverseform import boundary_tiles, inverseform_distance, inverseform_loss
+from autoseg.losses.boundary.inverseform import InverseFormLoss, boundary_tiles, inverseform_distance, inverseform_loss
 
 HEADS = {"boundary_aware": ("head_distance_bins", 5), "inverseform": ("head_boundary", 1),
          "conditional_boundary": ("head_embedding", 32)}
@@ -212,3 +212,25 @@ def test_with_heads_perfect_below_random_below_inverted(name, dim):
     inverted = loss(20 * _onehot((t + 1) % 3, 3), t, **{key: _head_for(name, t, -1)})
     assert perfect < random < inverted, (float(perfect), float(random), float(inverted))
     assert float(perfect) < 1e-3
+
+
+def test_inverseform_network_in_bfloat16_stays_close_to_float32_and_ranks_alike():
+    # The trainer runs the frozen network in bfloat16 when it trains in bfloat16: the term must keep its
+    # meaning (same ranking of shifted predictions, within a few per cent) and its gradient.
+    t = _disk(0)[None]
+    for k in (1, 3):
+        logits = (20 * (2 * _onehot(_disk(k)[None], 2) - 1)).requires_grad_(True)
+        full = float(InverseFormLoss()(logits, t))
+        half = InverseFormLoss(network_dtype="bfloat16")(logits, t)
+        assert half.dtype == torch.float32
+        assert float(half) == pytest.approx(full, rel=0.03)
+        half.backward()
+        assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    values = [float(InverseFormLoss(network_dtype="bfloat16")(20 * (2 * _onehot(_disk(k)[None], 2) - 1), t))
+              for k in (0, 2, 5)]
+    assert values == sorted(values), values
+
+
+def test_inverseform_refuses_an_unknown_network_dtype():
+    with pytest.raises(ValueError, match="network_dtype must be one of"):
+        InverseFormLoss(network_dtype="half")

@@ -118,3 +118,14 @@ def test_progress_picture_is_drawn_with_checkpoints_and_at_the_end(smoke_trainer
     assert len(drawn) == 3  # after epochs 2 and 4 (checkpoint_latest) and 5 (the last)
     assert os.path.isfile(os.path.join(trainer.output_folder, "progress.png"))
     assert "plot_progress_png" not in vars(trainer.logger)  # the stand-in does not outlive its epoch
+
+
+@pytest.mark.slow
+def test_frozen_networks_in_losses_follow_the_training_precision(smoke_trainer_factory):
+    # InverseForm's frozen network runs in bfloat16 when the trainer trains in it (2-4x cheaper on a CPU),
+    # in float32 otherwise; a compound's component gets the same setting.
+    for mode, expected in (("fp32", None), ("bf16", "bfloat16")):
+        for name in ("inverseform", "dice+inverseform"):
+            loss = smoke_trainer_factory(name, mode).build_autoseg_loss()
+            dtypes = [m.network_dtype for m in loss.modules() if hasattr(m, "network_dtype")]
+            assert dtypes == [expected], (mode, name, dtypes)
