@@ -64,6 +64,13 @@ def check_probability(name: str, value: float, *, low_open: bool = False, high_o
     return value
 
 
+def check_head_kernel(value: Any) -> int:
+    """The size of an auxiliary head's first convolution (autoseg.trainers.heads): 1 (per voxel) or 3."""
+    if isinstance(value, bool) or value not in (1, 3):
+        raise ValueError(f"head_kernel must be 1 or 3, got {value!r}")
+    return int(value)
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     value = float(value)
     if value != value or value < 0 or (value == 0 and not allow_zero):

@@ -63,6 +63,7 @@ BAD_VALUES = [
     ("boundary_aware", {"weight": -1}, "weight"),
     ("inverseform", {"beta": -1}, "beta"), ("inverseform", {"gamma": float("nan")}, "gamma"),
     ("inverseform", {"network": "/nonexistent/net.pt"}, "network"),
+    ("inverseform", {"head_kernel": 5}, "head_kernel"), ("inverseform", {"network_dtype": "half"}, "network_dtype"),
     ("conditional_boundary", {"weight_a2c": -1}, "weight_a2c"), ("conditional_boundary", {"weight_a2pn": -1}, "weight_a2pn"),
     ("conditional_boundary", {"temperature": 0}, "temperature"), ("conditional_boundary", {"radius": 0}, "radius"),
     ("conditional_boundary", {"max_samples": 0}, "max_samples"),

@@ -143,6 +143,8 @@ def test_head_kernels_per_loss_default_three_and_conflicts():
         net(torch.randn(shape))
     assert heads.pop_outputs()["head_embedding"].shape == (shape[0], 16, *shape[2:])
     assert head_kernels(build_loss("conditional_boundary", head_kernel=3)) == {"embedding": 3}
+    assert head_kernels(build_loss("inverseform")) == {"boundary": 3}
+    assert head_kernels(build_loss("inverseform", head_kernel=1)) == {"boundary": 1}
     with pytest.raises(ValueError, match="head_kernel"):
         build_loss("conditional_boundary", head_kernel=2)
     a, b = build_loss("conditional_boundary"), build_loss("conditional_boundary", head_kernel=3)

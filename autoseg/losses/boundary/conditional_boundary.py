@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
-from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses._validation import check_head_kernel, check_logits_target, check_positive, check_reduction
 from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.boundary._morphology import label_boundary
 from autoseg.losses.boundary.boundary_aware import check_head
@@ -184,9 +184,7 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         if int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed}")
         self.seed = int(seed)
-        if isinstance(head_kernel, bool) or head_kernel not in (1, 3):
-            raise ValueError(f"head_kernel must be 1 or 3, got {head_kernel!r}")
-        self.head_kernel = int(head_kernel)
+        self.head_kernel = check_head_kernel(head_kernel)
         #: the trainer attaches a projection head of embedding_dim channels on the last decoder stage;
         #: per voxel (1x1 convolutions) by default, the usual projection head of contrastive losses
         self.auxiliary_heads = {HEAD: self.embedding_dim}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
-from autoseg.losses._validation import check_logits_target, check_positive, check_reduction
+from autoseg.losses._validation import check_head_kernel, check_logits_target, check_positive, check_reduction
 from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.boundary import _inverseform_net
 from autoseg.losses.boundary._morphology import label_boundary, survival
@@ -161,7 +161,7 @@ class InverseFormLoss(SegmentationLoss):
     #: the output of the auxiliary head the trainer attaches (autoseg.trainers.heads), not a worker map
     extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, network: str | None = None, *,
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, network: str | None = None, head_kernel: int = 3, *,
                  network_dtype: str | None = None, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
         self.beta = check_positive("beta", beta, allow_zero=True)
@@ -174,8 +174,11 @@ class InverseFormLoss(SegmentationLoss):
                              f"got {network_dtype!r}")
         #: precision of the frozen network (None: float32); the trainer sets "bfloat16" when it trains in it
         self.network_dtype = network_dtype
-        #: the trainer attaches a 1-channel boundary head on the last decoder stage (autoseg.trainers.heads)
+        self.head_kernel = check_head_kernel(head_kernel)
+        #: the trainer attaches a 1-channel boundary head on the last decoder stage (autoseg.trainers.heads):
+        #: a 3x3 (3^d) convolution block by default, two per-voxel convolutions with head_kernel=1
         self.auxiliary_heads = {HEAD: 1}
+        self.auxiliary_head_kernels = {HEAD: self.head_kernel}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
         unknown = set(extras) - {"head_" + HEAD}
