@@ -4,6 +4,7 @@ Usage (on a quiet machine; the numbers of a shared machine mean nothing)::
 
     python benchmarks/boundary_epoch.py --work-dir WORK [--configuration 3d_fullres] [--iterations 50]
         [--workers 4] [--device cpu|cuda] [--losses dice_ce,dmce,boundary,hausdorff_dt,region_wise,skeleton_recall]
+        [--losses 'dice_ce,inverseform;inverseform:head_kernel=1']   # ';' then a setting as in the grid's --loss
     python benchmarks/boundary_epoch.py --work-dir WORK --smoke      # 2 timed iterations per loss: a check, no data
 
 ``WORK`` is an autoseg work folder (``nnUNet_raw``, ``nnUNet_preprocessed``; e.g. the ``--work-dir`` of an
@@ -66,6 +67,31 @@ def _find_dataset(work: Path, configuration: str | None):
     return ds.name, plans, configuration, dataset_json
 
 
+def _label(loss: str, loss_args: dict) -> str:
+    """A loss setting's row name: the loss, then its hyper-parameters (``inverseform head_kernel=1``)."""
+    return " ".join([loss, *(f"{k}={v}" for k, v in sorted(loss_args.items()))])
+
+
+def loss_settings(text: str) -> dict[str, tuple[str, dict]]:
+    """``--losses`` as {row name: (loss, hyper-parameters)}, ``dice_ce`` (the baseline) first.
+
+    Items are separated by ``;``: ``all``, a comma list of loss names (``boundary`` is the loss, not the
+    category), or a setting as in the grid's ``--loss`` (``inverseform:head_kernel=1,3``).
+    """
+    from autoseg.grid.spec import parse_loss_item
+    from autoseg.losses import list_losses
+
+    settings: dict[str, tuple[str, dict]] = {"dice_ce": ("dice_ce", {})}
+    for item in (i.strip() for i in text.split(";")):
+        if ":" in item:
+            pairs = parse_loss_item(item)
+        else:
+            names = list_losses() if item == "all" else [n.strip() for n in item.split(",")]
+            pairs = [(n, {}) for n in names if n]
+        settings.update((_label(name, kw), (name, kw)) for name, kw in pairs)
+    return settings
+
+
 def _leaves(x):
     """The same structure of tensors, detached and float32, as leaves that take a gradient."""
     import torch
@@ -96,13 +122,14 @@ def _loss_alone(trainer, output, target, extras, head_outputs, device) -> float:
         trainer.autoseg_heads = heads
 
 
-def time_loss(loss: str, plans, configuration, dataset_json, device, iterations: int, warmup: int) -> dict:
+def time_loss(loss: str, plans, configuration, dataset_json, device, iterations: int, warmup: int,
+              loss_args: dict | None = None) -> dict:
     import torch
 
     from autoseg.trainers.factory import make_trainer_class
 
     torch.manual_seed(0)
-    trainer = make_trainer_class(loss)(plans={**plans, "continue_training": False}, configuration=configuration,
+    trainer = make_trainer_class(loss, loss_args)(plans={**plans, "continue_training": False}, configuration=configuration,
                                        fold=0, dataset_json=dataset_json, device=device)
     trainer.console_log = False
     trainer.on_train_start()
@@ -177,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", required=True, type=Path)
     parser.add_argument("--configuration", default=None)
-    parser.add_argument("--losses", default=DEFAULT_LOSSES, help="comma-separated loss names, or all")
+    parser.add_argument("--losses", default=DEFAULT_LOSSES,
+                        help="comma-separated loss names, or all; after a ';', settings as in the grid's --loss "
+                             "(inverseform:head_kernel=1)")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="augmentation worker processes (nnUNet_n_proc_DA)")
@@ -201,22 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dataset, plans, configuration, dataset_json = _find_dataset(work, args.configuration)
-    if args.losses == "all":
-        from autoseg.losses import list_losses
-
-        losses = list_losses()
-    else:
-        losses = [x.strip() for x in args.losses.split(",") if x.strip()]
-    if "dice_ce" not in losses:
-        losses.insert(0, "dice_ce")
+    settings = loss_settings(args.losses)
+    losses = list(settings)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     runs: dict[str, list[dict]] = {loss: [] for loss in losses}
     for r in range(args.rounds):
         for loss in losses:
             print(f"timing {loss} (round {r + 1}/{args.rounds}) ...", file=sys.stderr, flush=True)
-            runs[loss].append(time_loss(loss, plans, configuration, dataset_json, device, args.iterations,
-                                        args.warmup))
+            name, kw = settings[loss]
+            runs[loss].append(time_loss(name, plans, configuration, dataset_json, device, args.iterations,
+                                        args.warmup, kw))
     results = {loss: {**rs[0], **{k: statistics.median(x[k] for x in rs) for k in rs[0]
                                   if isinstance(rs[0][k], float)},
                       "wall_rounds": [x["wall"] for x in rs]}
