@@ -133,7 +133,20 @@ def render_html(doc: Doc, out: Path, title: str) -> Path:
 
 
 def render(doc: Doc, out: Path, title: str) -> dict[str, Path]:
-    """Every output format of :data:`RENDERERS` into ``out``: format name -> what it wrote."""
+    """Every output format of :data:`RENDERERS` into ``out``: format name -> what it wrote.
+
+    A report written again into the same folder (a study's committed report, rebuilt as its store fills)
+    must not keep tables or figures of an earlier report that this one no longer has (a group, a loss or
+    a test predictor that is gone): those are removed. Only the report's own kinds are touched: ``*.csv``
+    in ``tables/`` (the evaluation's ``metrics*.csv`` are kept) and ``*.png`` in ``figures/``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {name: fn(doc, out, title) for name, fn in RENDERERS.items()}
+    written = {name: fn(doc, out, title) for name, fn in RENDERERS.items()}
+    tables = {f"{b[1]}.csv" for b in doc.blocks if b[0] == "table"}
+    figures = {f"{b[1]}.png" for b in doc.blocks if b[0] == "img"}
+    for folder, pattern, keep in ((out / "tables", "*.csv", tables), (out / "figures", "*.png", figures)):
+        for path in folder.glob(pattern):
+            if path.name not in keep and not (folder.name == "tables" and path.name.startswith("metrics")):
+                path.unlink()
+    return written

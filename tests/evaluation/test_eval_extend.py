@@ -76,3 +76,20 @@ def test_cost_of_a_plain_nnunet_run_from_its_training_log(tmp_path):
     empty = run_cost(parse_run(nothing))
     assert (empty.wall_seconds, empty.epochs_completed, empty.source) == (None, None, "nothing found")
     assert not empty.budget_limited
+
+
+def test_a_report_written_again_drops_the_tables_and_figures_it_no_longer_has(tmp_path):
+    # A study's committed report is rebuilt into the same folder as its store fills: a table or figure of
+    # the earlier report (a group or loss that is gone) must not stay behind looking current.
+    out = tmp_path / "report"
+    for rel in ("tables/old_group.csv", "figures/old_curves.png", "tables/metrics.csv", "tables/metrics_runs.csv",
+                "tables/notes.txt"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("earlier")
+    doc = document.Doc()
+    doc.table("headline", ["loss", "value"], [["dice_ce", "1.0"]])
+    doc.img("curves_now", b"\x89PNG\r\n\x1a\n", "curves")
+    document.render(doc, out, "again")
+    assert sorted(p.name for p in (out / "tables").iterdir()) == ["headline.csv", "metrics.csv", "metrics_runs.csv",
+                                                                 "notes.txt"]
+    assert [p.name for p in (out / "figures").iterdir()] == ["curves_now.png"]
