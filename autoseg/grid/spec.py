@@ -22,7 +22,9 @@ LossSetting = tuple[str, dict[str, Any]]
 def parse_loss_item(text: str) -> list[LossSetting]:
     """One ``--loss`` value as (loss, hyper-parameters) settings.
 
-    ``all`` every registered loss; ``pixel``/``region``/``boundary``/``combination`` a category;
+    ``all`` every registered loss; ``pixel``/``region``/``combination`` a category, or
+    ``category=<name>`` for any category (``boundary`` alone is Kervadec's loss: a registered loss's
+    name wins over a category's, so ``category=boundary`` selects the boundary category);
     ``dice,combo`` a list; ``tversky:alpha=0.3,0.5,0.7`` a sweep (one setting per value);
     ``tversky:alpha=0.3,0.7:beta=0.5,0.7`` the product of two sweeps. Values read as in
     ``--loss-args`` (``1;2;3`` a list, ``topk.k=20`` a component of a compound).
@@ -42,7 +44,13 @@ def parse_loss_item(text: str) -> list[LossSetting]:
                 continue
             if item == "all":
                 out += [(n, {}) for n in list_losses()]
-            elif item in CATEGORIES:
+            elif item.startswith("category="):
+                category = item.partition("=")[2].strip()
+                if category not in CATEGORIES:
+                    raise GridError(f"unknown loss category {category!r} in --loss {text!r}; "
+                                    f"categories: {', '.join(CATEGORIES)}")
+                out += [(n, {}) for n in list_losses(category=category)]
+            elif item in CATEGORIES and item not in list_losses():
                 out += [(n, {}) for n in list_losses(category=item)]
             else:
                 out.append((item, {}))

@@ -28,6 +28,14 @@ def test_loss_items_lists_categories_and_sweeps():
                                                                  ("tversky", {"alpha": 0.7, "beta": 0.5})]
     assert [n for n, _ in parse_loss_item("all")] == list_losses()
     assert [n for n, _ in parse_loss_item("region")] == list_losses(category="region")
+    # "boundary" is both Kervadec's loss and a category: the loss's name wins; category= selects a category
+    assert parse_loss_item("boundary") == [("boundary", {})]
+    assert parse_loss_item("dice,boundary") == [("dice", {}), ("boundary", {})]
+    assert [n for n, _ in parse_loss_item("category=boundary")] == list_losses(category="boundary")
+    assert len(list_losses(category="boundary")) > 1
+    assert [n for n, _ in parse_loss_item("category=region")] == list_losses(category="region")
+    with pytest.raises(GridError, match="unknown loss category 'shape'.*pixel, region, boundary, combination"):
+        parse_loss_item("category=shape")
     for bad, msg in [("tversky:alpha", "loss:key=v1,v2"), ("tversky:alpha=", "no values"),
                      ("tversky:alpha=1:alpha=2", "swept twice"), ("", "empty")]:
         with pytest.raises(GridError, match=msg):
