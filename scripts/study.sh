@@ -51,7 +51,7 @@ if [ "$STUDY_NAME" = hippocampus ]; then
 else
     # The quick preset's 2D network for CamVid at 240 x 180 (patch 192 x 256, batch 10, 16..128 features);
     # docs/studies/camvid/README.md gives the pilot that chose the schedule.
-    BUDGET=(--config 2d --budget quick --epochs "${CAMVID_EPOCHS:-20}" --iterations "${CAMVID_ITERATIONS:-10}")
+    BUDGET=(--config 2d --budget quick --epochs "${CAMVID_EPOCHS:-60}" --iterations "${CAMVID_ITERATIONS:-10}")
     DATASET=Dataset604_CamVid240
     if [ "$ACTION" = run ]; then
         if [ ! -f "$WORK/nnUNet_raw/$DATASET/dataset.json" ]; then
