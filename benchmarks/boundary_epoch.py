@@ -75,20 +75,15 @@ def _label(loss: str, loss_args: dict) -> str:
 def loss_settings(text: str) -> dict[str, tuple[str, dict]]:
     """``--losses`` as {row name: (loss, hyper-parameters)}, ``dice_ce`` (the baseline) first.
 
-    Items are separated by ``;``: ``all``, a comma list of loss names (``boundary`` is the loss, not the
-    category), or a setting as in the grid's ``--loss`` (``inverseform:head_kernel=1,3``).
+    Items are separated by ``;``, each read as the grid's ``--loss`` reads one value
+    (:func:`autoseg.grid.spec.parse_loss_item`): ``all``, a comma list of names (``boundary`` is the loss),
+    a category, or a setting such as ``inverseform:head_kernel=1,3``.
     """
     from autoseg.grid.spec import parse_loss_item
-    from autoseg.losses import list_losses
 
     settings: dict[str, tuple[str, dict]] = {"dice_ce": ("dice_ce", {})}
-    for item in (i.strip() for i in text.split(";")):
-        if ":" in item:
-            pairs = parse_loss_item(item)
-        else:
-            names = list_losses() if item == "all" else [n.strip() for n in item.split(",")]
-            pairs = [(n, {}) for n in names if n]
-        settings.update((_label(name, kw), (name, kw)) for name, kw in pairs)
+    for item in (i for i in text.split(";") if i.strip()):
+        settings.update((_label(name, kw), (name, kw)) for name, kw in parse_loss_item(item))
     return settings
 
 

@@ -15,8 +15,9 @@
 #
 # Both are resumable: rerun the same command on any machine with this checkout; runs whose record in the
 # store says `done` are skipped, interrupted ones resume from nnU-Net's checkpoint_latest.pth where the work
-# folder still has it (else they start again). The store (records only, a few KB per run) is what is
-# committed; checkpoints and predictions stay in the work folder ($AUTOSEG_STUDY_WORK).
+# folder still has it (else they start again). The store (records only: about 18 KB per Hippocampus run,
+# 0.9 MB per CamVid run with its per-image test rows) is what is committed; checkpoints and predictions
+# stay in the work folder ($AUTOSEG_STUDY_WORK).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +52,7 @@ if [ "$STUDY_NAME" = hippocampus ]; then
 else
     # The quick preset's 2D network for CamVid at 240 x 180 (patch 192 x 256, batch 10, 16..128 features);
     # docs/studies/camvid/README.md gives the pilot that chose the schedule.
-    BUDGET=(--config 2d --budget quick --epochs "${CAMVID_EPOCHS:-60}" --iterations "${CAMVID_ITERATIONS:-10}")
+    BUDGET=(--config 2d --budget quick --epochs 60 --iterations 10)
     DATASET=Dataset604_CamVid240
     if [ "$ACTION" = run ]; then
         if [ ! -f "$WORK/nnUNet_raw/$DATASET/dataset.json" ]; then
