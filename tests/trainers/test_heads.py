@@ -177,5 +177,33 @@ def test_compound_components_get_only_their_own_head():
     torch.testing.assert_close(compound(logits, target, **heads), expected)
     loss = DeepSupervisionLoss(compound, [0.7, 0.3])
     low = (logits[..., ::2, ::2], target[..., ::2, ::2])
+    # Under deep supervision inverseform's cross-entropy is taken at every scale, its boundary terms
+    # (BCE + the InverseForm distance) at full resolution only, with the whole weight 0.7 + 0.3.
+    ce = build_loss("ce")
+    boundary_terms = build_loss("inverseform")(logits, target, head_boundary=heads["head_boundary"]) - ce(logits, target)
+    at_low = build_loss("dice")(*low) + 0.5 * ce(*low) + build_loss("conditional_boundary")(*low)
+    at_full = expected - 0.5 * boundary_terms
     torch.testing.assert_close(loss([logits, low[0]], [target, low[1]], [heads, {}]),
-                               0.7 * expected + 0.3 * compound(*low))
+                               0.7 * at_full + 0.3 * at_low + 0.5 * boundary_terms)
+
+
+def test_inverseform_under_deep_supervision_takes_its_boundary_terms_at_full_resolution_only():
+    # The paper has one output and one boundary head: under deep supervision the cross-entropy is taken at
+    # every scale with nnU-Net's weights, the boundary BCE and the InverseForm distance at scale 0 only,
+    # carrying the whole weight, so their balance against CE is the one without deep supervision.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 32, 32, generator=g)
+    target = torch.randint(0, 3, (2, 1, 32, 32), generator=g)
+    head = {"head_boundary": torch.randn(2, 1, 32, 32, generator=g)}
+    scales = [(logits, target), (logits[..., ::2, ::2], target[..., ::2, ::2]),
+              (logits[..., ::4, ::4], target[..., ::4, ::4])]
+    weights = [4 / 7, 3 / 7, 0.0]
+    loss = build_loss("inverseform")
+    ce = build_loss("ce")
+    boundary_terms = loss(logits, target, **head) - ce(logits, target)
+    assert float(boundary_terms) > 0.05  # the terms are there to be placed
+    value = DeepSupervisionLoss(loss, weights)([s[0] for s in scales], [s[1] for s in scales], [head, {}, {}])
+    expected = weights[0] * ce(*scales[0]) + weights[1] * ce(*scales[1]) + boundary_terms
+    torch.testing.assert_close(value, expected)
+    # The old definition (the whole loss, reduced form, at the lower scale) is a different number.
+    assert abs(float(value) - float(weights[0] * loss(*scales[0], **head) + weights[1] * loss(*scales[1]))) > 1e-3

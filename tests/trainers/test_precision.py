@@ -128,4 +128,5 @@ def test_frozen_networks_in_losses_follow_the_training_precision(smoke_trainer_f
         for name in ("inverseform", "dice+inverseform"):
             loss = smoke_trainer_factory(name, mode).build_autoseg_loss()
             dtypes = [m.network_dtype for m in loss.modules() if hasattr(m, "network_dtype")]
-            assert dtypes == [expected], (mode, name, dtypes)
+            # InverseFormLoss reports its boundary terms' setting: one value, wherever it is read
+            assert dtypes and set(dtypes) == {expected}, (mode, name, dtypes)

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.losses._functional import gathered_log_probabilities, masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
+from autoseg.losses._functional import masked_voxel_mean, one_hot, probabilities, reduce, valid_mask
 from autoseg.losses._validation import check_head_kernel, check_logits_target, check_positive, check_reduction
 from autoseg.losses.base import SegmentationLoss
 from autoseg.losses.boundary import _inverseform_net
 from autoseg.losses.boundary._morphology import label_boundary, survival
 from autoseg.losses.boundary.boundary_aware import check_head
+from autoseg.losses.pixel.ce import CrossEntropyLoss, cross_entropy
 from autoseg.losses.registry import register_loss
 
 HEAD = "boundary"
@@ -78,6 +79,45 @@ def inverseform_distance(pred_boundary: torch.Tensor, gt_boundary: torch.Tensor,
     return out.sum(1) / weight.sum(1).clamp_min(1)
 
 
+def inverseform_boundary_terms(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    head_boundary: torch.Tensor | None = None,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    network: str | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    network_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    r"""InverseForm's boundary terms, :math:`\beta\, \mathrm{BCE}_{bal}(\hat b, b) + \gamma\, L_{IF}`
+    (:func:`inverseform_loss` without its cross-entropy; the arguments are the same)."""
+    check_reduction(reduction)
+    target = check_logits_target(logits, target, ignore_index)
+    with torch.autocast(logits.device.type, enabled=False):
+        mask = valid_mask(target, ignore_index)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        valid = torch.ones(target.shape, dtype=dtype, device=logits.device) if mask is None else mask.to(dtype)
+        with torch.no_grad():
+            gt = label_boundary(one_hot(target, logits.shape[1], mask, dtype), mask)
+            axes = tuple(range(1, gt.ndim))
+            pos = gt.sum(axes, keepdim=True)
+            total = valid.sum(axes, keepdim=True).clamp_min(1)
+            balance = gt * (total - pos) / total + (1 - gt) * pos / total
+        if head_boundary is not None:
+            head = check_head("head_boundary", head_boundary, logits, 1).to(dtype)[:, 0]
+            bce = F.binary_cross_entropy_with_logits(head, gt, reduction="none")
+            pred = torch.sigmoid(head) * valid
+        else:
+            probs = probabilities(logits) * valid.unsqueeze(1)
+            pred = valid - survival(probs, mask, 1)[0]
+            p = pred.clamp(_EPS, 1 - _EPS)
+            bce = -(gt * p.log() + (1 - gt) * (1 - p).log())
+        bce_term = masked_voxel_mean(bce * balance, mask, reduction)
+        if_term = reduce(inverseform_distance(pred, gt, network, network_dtype), reduction)
+        return float(beta) * bce_term + float(gamma) * if_term
+
+
 def inverseform_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -111,8 +151,12 @@ def inverseform_loss(
 
     * ``head_boundary`` ``[B, 1, *spatial]``, raw scores of the boundary head the autoseg trainer
       attaches to the last decoder stage (the paper's design): BCE with logits, and its sigmoid for L_IF.
-    * nothing (standalone use, lower deep-supervision scales): the reduced form, a soft boundary read
-      off the softmax, :math:`\hat b = 1 - \sum_c \mathrm{erode}(p_c)`, exact for a one-hot prediction.
+    * nothing (standalone use): the reduced form, a soft boundary read off the softmax,
+      :math:`\hat b = 1 - \sum_c \mathrm{erode}(p_c)`, exact for a one-hot prediction.
+
+    Under deep supervision (:class:`InverseFormLoss` in the autoseg trainer) the cross-entropy is taken
+    at every scale and the two boundary terms at full resolution only, as in the paper, which has one
+    output and one boundary head.
 
     Defaults β = γ = 1 (see docs/losses.md on the paper's values). ``network_dtype`` is the precision
     the frozen network runs in (float32 by default; the autoseg trainer sets bfloat16 when it trains
@@ -124,42 +168,22 @@ def inverseform_loss(
         >>> float(inverseform_loss(perfect, target)) < float(inverseform_loss(-perfect, target))
         True
     """
-    check_reduction(reduction)
-    target = check_logits_target(logits, target, ignore_index)
-    with torch.autocast(logits.device.type, enabled=False):
-        mask = valid_mask(target, ignore_index)
-        logp, _ = gathered_log_probabilities(logits, target, mask)
-        dtype = logp.dtype
-        ce = masked_voxel_mean(-logp, mask, reduction)
-        valid = torch.ones_like(logp) if mask is None else mask.to(dtype)
-        with torch.no_grad():
-            gt = label_boundary(one_hot(target, logits.shape[1], mask, dtype), mask)
-            axes = tuple(range(1, gt.ndim))
-            pos = gt.sum(axes, keepdim=True)
-            total = valid.sum(axes, keepdim=True).clamp_min(1)
-            balance = gt * (total - pos) / total + (1 - gt) * pos / total
-        if head_boundary is not None:
-            head = check_head("head_boundary", head_boundary, logits, 1).to(dtype)[:, 0]
-            bce = F.binary_cross_entropy_with_logits(head, gt, reduction="none")
-            pred = torch.sigmoid(head) * valid
-        else:
-            probs = probabilities(logits) * valid.unsqueeze(1)
-            pred = valid - survival(probs, mask, 1)[0]
-            p = pred.clamp(_EPS, 1 - _EPS)
-            bce = -(gt * p.log() + (1 - gt) * (1 - p).log())
-        bce_term = masked_voxel_mean(bce * balance, mask, reduction)
-        if_term = reduce(inverseform_distance(pred, gt, network, network_dtype), reduction)
-        return ce + float(beta) * bce_term + float(gamma) * if_term
+    ce = cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
+    return ce + inverseform_boundary_terms(logits, target, head_boundary, beta, gamma, network, ignore_index,
+                                           reduction, network_dtype)
 
 
-@register_loss("inverseform", category="boundary", function=inverseform_loss,
-               citation="Borse, Wang, Zhang, Porikli. InverseForm: a loss function for structured boundary-aware "
-                        "segmentation. CVPR 2021 (arXiv:2104.02745)")
-class InverseFormLoss(SegmentationLoss):
-    """InverseForm: CE + balanced boundary BCE + distance from identity of a frozen inverse-transformation network."""
+class InverseFormBoundaryTerms(SegmentationLoss):
+    """InverseForm's two boundary terms, β·BCE_bal + γ·L_IF, with the boundary head they read.
+
+    A part of :class:`InverseFormLoss` (not registered on its own). ``full_resolution_only``: under deep
+    supervision it is evaluated on the full-resolution output only, with the whole deep-supervision
+    weight (autoseg.trainers.deep_supervision), where the boundary head's output is.
+    """
 
     #: the output of the auxiliary head the trainer attaches (autoseg.trainers.heads), not a worker map
     extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
+    full_resolution_only: ClassVar[bool] = True
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, network: str | None = None, head_kernel: int = 3, *,
                  network_dtype: str | None = None, ignore_index: int | None = None, reduction: str = "mean"):
@@ -181,8 +205,58 @@ class InverseFormLoss(SegmentationLoss):
         self.auxiliary_head_kernels = {HEAD: self.head_kernel}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
-        unknown = set(extras) - {"head_" + HEAD}
-        if unknown:
-            raise TypeError(f"inverseform got unexpected extras {sorted(unknown)}; it accepts 'head_{HEAD}'")
-        return inverseform_loss(logits, target, extras.get("head_" + HEAD), self.beta, self.gamma, self.network,
-                                self.ignore_index, self.reduction, _NETWORK_DTYPES[self.network_dtype])
+        _check_extras(extras)
+        return inverseform_boundary_terms(logits, target, extras.get("head_" + HEAD), self.beta, self.gamma,
+                                          self.network, self.ignore_index, self.reduction,
+                                          _NETWORK_DTYPES[self.network_dtype])
+
+
+def _check_extras(extras: dict[str, Any]) -> None:
+    unknown = set(extras) - {"head_" + HEAD}
+    if unknown:
+        raise TypeError(f"inverseform got unexpected extras {sorted(unknown)}; it accepts 'head_{HEAD}'")
+
+
+@register_loss("inverseform", category="boundary", function=inverseform_loss,
+               citation="Borse, Wang, Zhang, Porikli. InverseForm: a loss function for structured boundary-aware "
+                        "segmentation. CVPR 2021 (arXiv:2104.02745)")
+class InverseFormLoss(SegmentationLoss):
+    """InverseForm: CE + balanced boundary BCE + distance from identity of a frozen inverse-transformation network.
+
+    Built of two parts, ``components`` with ``weights`` 1 and 1, as a compound is: the cross-entropy, taken at
+    every deep-supervision scale, and :class:`InverseFormBoundaryTerms`, taken at full resolution only.
+    """
+
+    extra_inputs: ClassVar[tuple[str, ...]] = ("head_" + HEAD,)
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, network: str | None = None, head_kernel: int = 3, *,
+                 network_dtype: str | None = None, ignore_index: int | None = None, reduction: str = "mean"):
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+        terms = InverseFormBoundaryTerms(beta, gamma, network, head_kernel, network_dtype=network_dtype,
+                                         ignore_index=ignore_index, reduction=reduction)
+        self.components = nn.ModuleList([CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction), terms])
+        self.weights = [1.0, 1.0]
+        self.auxiliary_heads = dict(terms.auxiliary_heads)
+        self.auxiliary_head_kernels = dict(terms.auxiliary_head_kernels)
+
+    @property
+    def _terms(self) -> InverseFormBoundaryTerms:
+        return self.components[1]
+
+    beta = property(lambda self: self._terms.beta)
+    gamma = property(lambda self: self._terms.gamma)
+    network = property(lambda self: self._terms.network)
+    head_kernel = property(lambda self: self._terms.head_kernel)
+
+    @property
+    def network_dtype(self) -> str | None:
+        return self._terms.network_dtype
+
+    @network_dtype.setter
+    def network_dtype(self, value: str | None) -> None:
+        self._terms.network_dtype = value
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, **extras: Any) -> torch.Tensor:
+        _check_extras(extras)
+        ce, terms = self.components
+        return ce(logits, target) + terms(logits, target, **extras)
