@@ -52,7 +52,10 @@ class FoldRecord:
     job_id: str | None = None  # the executor's id of the job running it (a Slurm job), where it has one
     started: str | None = None
     finished: str | None = None
-    wall_seconds: float | None = None  # of the attempt that finished it
+    # of the run: the finishing attempt's time plus, where it resumed from a checkpoint, the earlier attempts'
+    # time up to that checkpoint (resumed_seconds; autoseg.grid.worker.carried_seconds)
+    wall_seconds: float | None = None
+    resumed_seconds: float | None = None
     epochs_completed: int | None = None
     seconds_per_epoch: float | None = None  # mean of nnU-Net's "Epoch time" lines (its training log stays behind)
     checkpoint: str | None = None  # which checkpoint was scored: "final"

@@ -81,8 +81,10 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     t0 = time.time()
     fold_dir = task.fold_dir
     fold_dir.mkdir(parents=True, exist_ok=True)
+    carried = carried_seconds(record, fold_dir)
     record.status, record.error, record.attempts = "running", None, record.attempts + 1
     record.started, record.finished, record.host = _now(), None, socket.gethostname()
+    record.resumed_seconds = carried
     record.device, record.executor = task.device, task.executor
     record.precision = training_precision(task.device, record.architecture)
     save(record, store, fold_dir)
@@ -93,16 +95,17 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
         record.epochs_completed = epochs
     except (KeyboardInterrupt, SystemExit):
         record.status, record.error = "pending", "interrupted; a rerun resumes it"
+        record.wall_seconds = round(carried + time.time() - t0, 1)
         save(record, store, fold_dir)
         raise
     except BaseException as e:  # noqa: BLE001 (a failed run is recorded, and the others go on)
         record.status, record.error = "failed", f"{type(e).__name__}: {e}"
-        record.finished, record.wall_seconds = _now(), round(time.time() - t0, 1)
+        record.finished, record.wall_seconds = _now(), round(carried + time.time() - t0, 1)
         save(record, store, fold_dir)
         log(f"  {task.run_id} failed: {record.error}")
         (fold_dir / "autoseg_error.txt").write_text(traceback.format_exc())
         return FAILED
-    record.status, record.finished, record.wall_seconds = "done", _now(), round(time.time() - t0, 1)
+    record.status, record.finished, record.wall_seconds = "done", _now(), round(carried + time.time() - t0, 1)
     keep_dataset_json(fold_dir, store.path(record.run_id).parent)
     save(record, store, fold_dir)
     if task.test_set:
@@ -122,6 +125,26 @@ def keep_dataset_json(fold_dir: Path, store_fold_dir: Path) -> None:
     src, dst = fold_dir.parent / "dataset.json", store_fold_dir.parent / "dataset.json"
     if src.is_file() and not dst.is_file():
         atomic_write_text(dst, src.read_text())
+
+
+def carried_seconds(record: FoldRecord, fold_dir: Path) -> float:
+    """Seconds of earlier attempts that this attempt builds on: 0 when it trains from the start.
+
+    An attempt that resumes from nnU-Net's ``checkpoint_latest.pth`` (or only validates a finished training,
+    ``checkpoint_final.pth``) carries the time the earlier attempts spent up to that checkpoint: the previous
+    attempt's, from its start to the checkpoint's modification time (work after the checkpoint is lost and
+    not counted), plus what that attempt itself carried. So ``wall_seconds`` is what the whole run cost, even
+    when an attempt was killed outright and recorded no time of its own.
+    """
+    ckpt = next((fold_dir / n for n in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                 if (fold_dir / n).is_file()), None)
+    if ckpt is None or not record.started:
+        return 0.0
+    try:
+        previous_start = time.mktime(time.strptime(record.started, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return float(record.resumed_seconds or 0.0)
+    return float(record.resumed_seconds or 0.0) + max(0.0, ckpt.stat().st_mtime - previous_start)
 
 
 def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: Callable[[str], None]) -> int:

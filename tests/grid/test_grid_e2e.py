@@ -78,6 +78,9 @@ def grid(tmp_path_factory):
         first.wait()
     assert killed_in, "the grid ended before a run could be killed in its middle"
     before = _records(store)
+    # what each killed run had trained up to its checkpoint: its resumed attempt carries that time
+    trained = {r.run_id: (work / "nnUNet_results" / r.run_id / "checkpoint_latest.pth").stat().st_mtime
+               - time.mktime(time.strptime(before[r.run_id].started, "%Y-%m-%dT%H:%M:%S")) for r in killed_in}
     t_kill = time.time() - t0
     # two copies of the same command at once
     copies = [subprocess.Popen([sys.executable, "-m", "autoseg", *args, "--json"], env=env, stdout=subprocess.PIPE,
@@ -85,6 +88,7 @@ def grid(tmp_path_factory):
     outs = [p.communicate(timeout=1800) for p in copies]
     print(f"grid: killed after {t_kill:.0f} s; two copies finished after {time.time() - t0:.0f} s in all")
     return {"work": work, "env": env, "store": store, "before": before, "killed": [r.run_id for r in killed_in],
+            "trained": trained,
             "copies": [(p.returncode, o, e) for p, (o, e) in zip(copies, outs)]}
 
 
@@ -123,6 +127,9 @@ def test_killed_grid_finishes_each_run_exactly_once(grid):
             assert rec.attempts == 2, run_id
             if run_id in grid["killed"]:
                 assert "resuming from checkpoint_latest.pth" in (fold_dir / "autoseg_worker.log").read_text()
+                # its wall time counts the killed attempt's training up to the checkpoint (1 s: whole seconds)
+                assert rec.resumed_seconds == pytest.approx(max(0.0, grid["trained"][run_id]), abs=1.0), run_id
+                assert rec.wall_seconds > rec.resumed_seconds, run_id
         else:  # not started before the kill: run once, by one of the two copies
             assert rec.attempts == 1, f"{run_id} ran {rec.attempts} times"
     # shared files are whole JSON

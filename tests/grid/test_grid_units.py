@@ -280,3 +280,34 @@ def test_test_set_decision_per_dataset(tmp_path):
     assert len(said) == 3 and "without labelsTs" in said[1] and "no test images" in said[2]
     assert test_set_decisions(names, "on", tmp_path, "cpu", said.append)["Dataset2_U"] is True
     assert not any(test_set_decisions(names, "off", tmp_path, "cpu", said.append).values())
+
+
+def test_a_resumed_run_carries_the_earlier_attempts_time_up_to_its_checkpoint(tmp_path):
+    # A run whose first attempt trained 1000 s, checkpointed, and was killed 200 s later (recording nothing),
+    # then resumed: its wall time is 1000 s + the second attempt's own, not the second attempt's alone.
+    from autoseg.grid.worker import carried_seconds
+    from autoseg.records import FoldRecord
+
+    def stamp(t):
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+
+    now = time.time()
+    rec = FoldRecord(dataset="D", configuration="c", trainer="T", fold=0, loss="dice", status="running",
+                     attempts=1, started=stamp(now - 1200))
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    assert carried_seconds(rec, fold) == 0.0  # no checkpoint: the next attempt starts from scratch
+    latest = fold / "checkpoint_latest.pth"
+    latest.write_bytes(b"x")
+    os.utime(latest, (now - 200, now - 200))
+    assert carried_seconds(rec, fold) == pytest.approx(1000, abs=2)
+    # that attempt (resumed at now - 100) trains on, finishes, and its validation fails: a third attempt only
+    # validates, and carries both attempts' training
+    rec.started, rec.resumed_seconds = stamp(now - 100), carried_seconds(rec, fold)
+    final = fold / "checkpoint_final.pth"
+    final.write_bytes(b"x")
+    os.utime(final, (now - 40, now - 40))
+    assert carried_seconds(rec, fold) == pytest.approx(1060, abs=3)
+    # a checkpoint older than the previous attempt's start adds nothing of that attempt (it failed at once)
+    rec.started, rec.resumed_seconds = stamp(now - 10), carried_seconds(rec, fold)
+    assert carried_seconds(rec, fold) == pytest.approx(1060, abs=3)
