@@ -203,7 +203,7 @@ def planned_configuration(plans_file: Path, base_configuration: str, request: An
     the plans-file entry.
     """
     from autoseg.plans.cost import machine_costs
-    from autoseg.plans.planner import PlanError, configuration_entry, plan_configuration
+    from autoseg.plans.planner import PlanError, configuration_entry, plan_configuration, step_timer
 
     plans = read_json(plans_file)
     if base_configuration not in plans["configurations"]:
@@ -216,7 +216,7 @@ def planned_configuration(plans_file: Path, base_configuration: str, request: An
     labels = [k for k in dj["labels"] if k != "ignore"]
     in_channels = len(dj.get("channel_names", dj.get("modality", {"0": 0})))
     planned = plan_configuration(plans, base_configuration, request, costs, len(fingerprint["spacings"]),
-                                 in_channels, len(labels))
+                                 in_channels, len(labels), timer=step_timer(request.device, in_channels, len(labels)))
     entry = configuration_entry(planned, costs, request)
     key = {k: entry[k] for k in ("patch_size", "batch_size", "architecture")} | {"budget": entry["autoseg"]["budget"]}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]

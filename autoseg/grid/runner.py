@@ -99,7 +99,8 @@ def build_grid(request: GridRequest, dry_run: bool = False, log: Callable[[str],
 
 
 def estimate_seconds(prepared, device: str = "cpu") -> float | None:
-    """Seconds one run of ``prepared``'s configuration should take by the planner's cost model (None if unknown)."""
+    """Seconds one run of ``prepared``'s configuration should take: the planner's cost model with the network's
+    training step timed on this machine (None if unknown)."""
     if prepared.plan is not None:
         return float(prepared.plan["estimate"]["seconds_per_run"])
     try:
@@ -108,21 +109,25 @@ def estimate_seconds(prepared, device: str = "cpu") -> float | None:
         from autoseg.io import read_json
         from autoseg.plans.budget import resolved_configuration
         from autoseg.plans.cost import estimate, machine_costs
-        from autoseg.plans.planner import TRAIN_SHARE, build_network
+        from autoseg.plans.planner import TRAIN_SHARE, build_network, step_timer, with_timed_network
 
         plans = read_json(prepared.plans_file)
         block = resolved_configuration(plans["configurations"], prepared.configuration)
         dj = prepared.dataset.dataset_json
         in_channels = len(dj.get("channel_names", {"0": 0}))
         n_classes = len([k for k in dj["labels"] if k != "ignore"])
-        costs = machine_costs("cuda" if device == "cuda" else "cpu", cache_dir=prepared.dirs.preprocessed,
-                              architecture=block.get("autoseg", {}).get("architecture", "cnn"))
+        arch = block.get("autoseg", {}).get("architecture", "cnn")
+        dev = "cuda" if device == "cuda" else "cpu"
+        costs = machine_costs(dev, cache_dir=prepared.dirs.preprocessed, architecture=arch)
         try:
             with torch.device("meta"):
                 net = build_network(block["architecture"], in_channels, n_classes)
         except (RuntimeError, NotImplementedError):  # SwinUNETR calls .item() while it builds
             net = build_network(block["architecture"], in_channels, n_classes)
         est = estimate(costs, net, block["batch_size"], block["patch_size"], in_channels)
+        # the network's step timed on this machine, as the planner does for its choice
+        est = with_timed_network(est, step_timer(dev, in_channels, n_classes)(
+            block["architecture"], block["patch_size"], block["batch_size"], arch))
         b = prepared.budget
         iterations = (b.epochs or 1000) * (b.iterations_per_epoch or 250)
         return float(est["seconds_per_iteration"] * iterations / TRAIN_SHARE)

@@ -9,6 +9,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -304,6 +305,42 @@ def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = Non
 
         atomic_write_json(path, asdict(costs))
     return costs
+
+
+def time_training_step(network: torch.nn.Module, batch_size: int, patch_size: Sequence[int], in_channels: int,
+                       num_classes: int, device: str = "cpu", precision: str = "fp32", steps: int = 2) -> float:
+    """Seconds of one real training step of ``network`` on random data: forward in ``precision``, cross-entropy at
+    every output (nnU-Net's deep supervision: one per scale), backward, SGD with Nesterov momentum.
+
+    Best of ``steps`` after one warm-up step (the first allocates and picks kernels). What the cost model cannot
+    price from operation counts (SwinUNETR's window attention: broadcast additions of masks and position
+    biases, strided copies) is in the clock. The network's own weights are changed; build a fresh one to train.
+    """
+    from autoseg.precision import autocast
+
+    dev = torch.device(device)
+    net = network.to(dev).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, in_channels, *patch_size, generator=g).to(dev)
+    targets: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast(precision):
+            out = net(x)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        loss = 0.0
+        for o in outs:
+            shape = (o.shape[0], *o.shape[2:])
+            if shape not in targets:
+                targets[shape] = torch.randint(0, o.shape[1], shape, generator=g).to(dev)
+            loss = loss + torch.nn.functional.cross_entropy(o.float(), targets[shape])
+        loss.backward()
+        opt.step()
+        _sync(dev)
+
+    return _time(step, repeats=steps)
 
 
 def estimate(costs: MachineCosts, network: torch.nn.Module, batch_size: int, patch_size: list[int],

@@ -279,6 +279,46 @@ def _estimate(costs: MachineCosts, block: dict, patch: list[int], batch: int, in
     return _ESTIMATES[key]
 
 
+#: at most this many candidates are timed for real per plan (each a few seconds); the rest keep the model's price
+MAX_TIMED_CANDIDATES = 4
+#: the parts of the model's estimate a timed step replaces (the data pipeline and the fixed cost stay priced)
+NETWORK_PARTS = ("convolutions", "matmuls", "softmax", "elementwise", "per_operation")
+_TIMED: dict[tuple, float] = {}
+
+
+def step_timer(device: str, in_channels: int, num_classes: int, precision: str | None = None):
+    """A function ``(architecture, patch, batch, arch) -> seconds`` that times one real training step of a plans
+    block's ``architecture`` (autoseg ``arch``: cnn, cnn_resenc, transformer) on this machine
+    (:func:`autoseg.plans.cost.time_training_step`), remembered per candidate."""
+    import json as _json
+
+    import torch
+
+    from autoseg.plans.cost import time_training_step
+    from autoseg.precision import training_precision
+
+    def timer(block: dict, patch: Sequence[int], batch: int, arch: str = "cnn") -> float:
+        prec = precision or training_precision(torch.device(device).type, arch)
+        key = (device, torch.get_num_threads(), prec, _json.dumps(block, sort_keys=True), tuple(patch), batch,
+               in_channels, num_classes)
+        if key not in _TIMED:
+            torch.manual_seed(0)
+            net = build_network(block, in_channels, num_classes)
+            _TIMED[key] = time_training_step(net, batch, patch, in_channels, num_classes, device, prec)
+        return _TIMED[key]
+
+    return timer
+
+
+def with_timed_network(est: dict, seconds: float) -> dict:
+    """``est`` with the network's priced parts replaced by the timed step's ``seconds``."""
+    parts = {k: v for k, v in est["seconds_by_part"].items() if k not in NETWORK_PARTS and k != "total"}
+    parts = {"network_timed": float(seconds), **parts}
+    parts["total"] = sum(parts.values())
+    return {**est, "seconds_per_iteration": parts["total"], "seconds_by_part": parts,
+            "model_seconds_per_iteration": est["seconds_per_iteration"]}
+
+
 def schedule_for(iterations: int) -> tuple[int, int, int]:
     """(epochs, iterations per epoch, validation iterations) for about ``iterations`` training steps.
 
@@ -291,13 +331,17 @@ def schedule_for(iterations: int) -> tuple[int, int, int]:
 
 
 def plan_configuration(plans: dict, base_configuration: str, request: PlanRequest, costs: MachineCosts,
-                       n_cases: int, in_channels: int, num_classes: int) -> ConfigurationPlan:
+                       n_cases: int, in_channels: int, num_classes: int, timer=None) -> ConfigurationPlan:
     """Choose the network, patch and batch of one configuration for ``request`` on the measured machine.
 
     Candidates are tried from the most to the least capable (nnU-Net's patch first, then smaller
     patches; wider and deeper networks first; the largest batch nnU-Net allows down to 2); the
     first that fits the memory and reaches ``min_iterations`` within the time budget wins. Without
     a time budget the most capable candidate that fits the memory wins and keeps nnU-Net's schedule.
+
+    ``timer`` (:func:`step_timer`): a candidate the cost model accepts is then timed for real, one training
+    step of its network, and that time replaces the model's price of the network (up to
+    ``MAX_TIMED_CANDIDATES`` candidates); one that no longer reaches ``min_iterations`` is passed over.
     """
     arch = check_architecture(request.arch)
     configs = plans["configurations"]
@@ -318,6 +362,7 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
                f"features {base['architecture']['arch_kwargs']['features_per_stage']} for spacing {base['spacing']}"]
     tried = []
     best = None
+    timed = 0
     for block, patch, desc in _candidates(base, arch, request):
         bmax = max_batch_size(plans, base, patch, n_cases)
         if request.batch_size is not None:
@@ -334,6 +379,12 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
             fits_memory = est["memory_bytes"] <= memory
             iters = int(train_s // s_it) if train_s else None
             fits_time = iters is None or iters >= request.min_iterations
+            if timer is not None and fits_memory and fits_time and timed < MAX_TIMED_CANDIDATES:
+                timed += 1
+                est = with_timed_network(est, timer(block, patch, b, arch))
+                s_it = est["seconds_per_iteration"]
+                iters = int(train_s // s_it) if train_s else None
+                fits_time = iters is None or iters >= request.min_iterations
             tried.append((desc, patch, b, s_it, est["memory_bytes"]))
             if fits_memory and fits_time:
                 best = (block, patch, b, est, desc, bmax)
@@ -355,6 +406,11 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
                         f"batch {smallest[2]}) needs {' and '.join(need)}")
     block, patch, b, est, desc, bmax = best
     s_it = est["seconds_per_iteration"]
+    if "network_timed" in est["seconds_by_part"]:
+        reasons.append(f"network timed on this machine: {est['seconds_by_part']['network_timed']:.2f} s per training "
+                       f"step (the cost model priced the whole iteration at {est['model_seconds_per_iteration']:.2f} s, "
+                       f"the timed one is {s_it:.2f} s with the data pipeline)"
+                       + (f"; {timed - 1} faster-priced candidate(s) timed slower and were passed over" if timed > 1 else ""))
     if train_s:
         iterations = int(train_s // s_it)
         epochs, per_epoch, val = schedule_for(iterations)
@@ -421,4 +477,4 @@ def configuration_entry(plan: ConfigurationPlan, costs: MachineCosts, request: P
 
 __all__ = ["ARCHITECTURES", "ConfigurationPlan", "PlanError", "PlanRequest", "plan_configuration",
            "configuration_entry", "parse_duration", "parse_memory", "parse_int_list", "max_batch_size",
-           "patch_divisors", "check_patch", "schedule_for", "build_network"]
+           "patch_divisors", "check_patch", "schedule_for", "build_network", "step_timer", "with_timed_network"]

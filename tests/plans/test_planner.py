@@ -239,3 +239,46 @@ def test_seconds_are_the_priced_counts():
     # log-linear interpolation between benchmarked widths
     assert math.isclose(costs.conv_rate("3", 16 * 2 ** 0.5 * 2 ** 0.5 // 1), costs.conv_rate("3", 32))
     assert math.isclose(costs.conv_rate("3", int(8 * 8 ** 0.5 + 0.5)), 1.5e-11, rel_tol=1e-2)
+
+
+# ------------------------------------------------------------------ the chosen network is timed for real
+def test_a_candidate_the_model_accepts_but_the_clock_does_not_is_passed_over(synthetic_plans):
+    # The cost model underprices some networks (SwinUNETR's attention by 1.4-2x, docs/planning.md): the planner
+    # times the step of each candidate the model accepts and keeps the first that still fits in the timed seconds.
+    plans = synthetic_plans[HIPPO_LIKE["name"]]
+    request = PlanRequest(arch="cnn", time_budget_s=3600, min_iterations=500)
+    model_only = plan_configuration(plans, "3d_fullres", request, fake_costs(), 20, 1, 3)
+    calls = []
+
+    def timer(block, patch, batch, arch):
+        calls.append((block["arch_kwargs"]["features_per_stage"][0], tuple(patch), batch, arch))
+        # the model's first choice is 10x slower than priced; any other candidate costs 0.2 s per step
+        return 10 * model_only.estimated_seconds_per_iteration if len(calls) == 1 else 0.2
+
+    timed = plan_configuration(plans, "3d_fullres", request, fake_costs(), 20, 1, 3, timer=timer)
+    assert calls[0] == (model_only.features_per_stage[0], tuple(model_only.patch_size), model_only.batch_size, "cnn")
+    assert len(calls) == 2  # the second candidate fitted once timed
+    assert (timed.features_per_stage, timed.patch_size, timed.batch_size) != (
+        model_only.features_per_stage, model_only.patch_size, model_only.batch_size)
+    parts = timed.estimated_seconds_by_part
+    assert parts["network_timed"] == 0.2 and "convolutions" not in parts
+    # the data pipeline and the fixed cost stay priced by the model, and the schedule fills the budget with the
+    # timed seconds
+    assert timed.estimated_seconds_per_iteration == pytest.approx(0.2 + parts["augmentation"] + parts["fixed"], abs=1e-3)
+    assert timed.iterations * timed.estimated_seconds_per_iteration <= 3600 * TRAIN_SHARE
+    assert any("network timed on this machine" in r and "1 faster-priced candidate(s)" in r for r in timed.reasons)
+    # no time budget: the first candidate that fits the memory is timed once and kept, whatever its time
+    calls.clear()
+    free = plan_configuration(plans, "3d_fullres", PlanRequest(arch="cnn"), fake_costs(), 20, 1, 3, timer=timer)
+    assert len(calls) == 1 and free.estimated_seconds_by_part["network_timed"] > 1
+
+
+def test_a_training_step_is_timed_and_trains():
+    from autoseg.plans.cost import time_training_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+    before = [p.detach().clone() for p in net.parameters()]
+    seconds = time_training_step(net, 2, [32, 32], 1, 3, "cpu", "fp32", steps=2)
+    assert 0 < seconds < 5
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # SGD stepped
