@@ -95,9 +95,7 @@ def format_plan(summary: dict[str, Any]) -> str:
             f"  stages              {c['n_stages']}, features {c['features_per_stage']}, strides {c['strides']}",
             f"  parameters          {c['parameters'] / 1e6:.2f} M",
             f"  memory (estimated)  {c['estimated_memory_bytes'] / 2**30:.2f} GiB",
-            f"  time per iteration  {c['estimated_seconds_per_iteration']:.3f} s (convolutions {parts['convolutions']:.3f}, "
-            f"matmuls {parts['matmuls']:.3f}, softmax {parts['softmax']:.3f}, element-wise {parts['elementwise']:.3f}, augmentation "
-            f"{parts['augmentation']:.3f}, per-operation overhead {parts['per_operation']:.3f}, fixed {parts['fixed']:.3f})",
+            f"  time per iteration  {c['estimated_seconds_per_iteration']:.3f} s ({_fmt_parts(parts)})",
             f"  schedule            {c['epochs']} epochs x {c['iterations_per_epoch']} iterations = {c['iterations']} "
             f"(validation {c['val_iterations_per_epoch']} per epoch)",
             f"  time per run        {_fmt_s(c['estimated_seconds_per_run'])} (training plus start-up and validation)",
@@ -114,6 +112,16 @@ def format_plan(summary: dict[str, Any]) -> str:
 
 def _fmt(v) -> str:
     return "x".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+_PART_NAMES = {"network_timed": "network step, timed", "convolutions": "convolutions", "matmuls": "matmuls",
+               "softmax": "softmax", "elementwise": "element-wise", "augmentation": "augmentation",
+               "per_operation": "per-operation overhead", "fixed": "fixed"}
+
+
+def _fmt_parts(parts: dict) -> str:
+    """The estimate's parts, in seconds: the timed network step where there is one, else the model's parts."""
+    return ", ".join(f"{label} {parts[k]:.3f}" for k, label in _PART_NAMES.items() if k in parts)
 
 
 def _fmt_s(s: float) -> str:

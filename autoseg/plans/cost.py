@@ -308,11 +308,11 @@ def machine_costs(device: str = "cpu", cache_dir: str | os.PathLike | None = Non
 
 
 def time_training_step(network: torch.nn.Module, batch_size: int, patch_size: Sequence[int], in_channels: int,
-                       num_classes: int, device: str = "cpu", precision: str = "fp32", steps: int = 2) -> float:
+                       num_classes: int, device: str = "cpu", precision: str = "fp32", steps: int = 3) -> float:
     """Seconds of one real training step of ``network`` on random data: forward in ``precision``, cross-entropy at
     every output (nnU-Net's deep supervision: one per scale), backward, SGD with Nesterov momentum.
 
-    Best of ``steps`` after one warm-up step (the first allocates and picks kernels). What the cost model cannot
+    The mean of ``steps`` after one warm-up step (the first allocates and picks kernels). What the cost model cannot
     price from operation counts (SwinUNETR's window attention: broadcast additions of masks and position
     biases, strided copies) is in the clock. The network's own weights are changed; build a fresh one to train.
     """
@@ -340,7 +340,7 @@ def time_training_step(network: torch.nn.Module, batch_size: int, patch_size: Se
         opt.step()
         _sync(dev)
 
-    return _time(step, repeats=steps)
+    return _time(step, repeats=steps, mean=True)
 
 
 def estimate(costs: MachineCosts, network: torch.nn.Module, batch_size: int, patch_size: list[int],

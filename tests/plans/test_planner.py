@@ -282,3 +282,24 @@ def test_a_training_step_is_timed_and_trains():
     seconds = time_training_step(net, 2, [32, 32], 1, 3, "cpu", "fp32", steps=2)
     assert 0 < seconds < 5
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # SGD stepped
+
+
+def test_no_candidate_reaching_the_floor_falls_back_to_the_fastest(synthetic_plans):
+    # The floor (2000 by default) is what the planner aims for; a budget too short for it still gets the
+    # fastest candidate if that reaches HARD_MIN_ITERATIONS, and an error only below that.
+    from autoseg.plans.planner import HARD_MIN_ITERATIONS, MIN_ITERATIONS
+
+    assert PlanRequest().min_iterations == MIN_ITERATIONS == 2000 and HARD_MIN_ITERATIONS == 500
+    plans = synthetic_plans[HIPPO_LIKE["name"]]
+    costs = fake_costs()
+    usual = plan_configuration(plans, "3d_fullres", PlanRequest(time_budget_s=8 * 3600), costs, 20, 1, 3)
+    assert usual.iterations >= 2000 and not any("no candidate reaches" in r for r in usual.reasons)
+    out_of_reach = plan_configuration(plans, "3d_fullres", PlanRequest(time_budget_s=8 * 3600, min_iterations=10**9),
+                                      costs, 20, 1, 3)
+    assert any("no candidate reaches 1000000000 iterations; the fastest" in r for r in out_of_reach.reasons)
+    assert out_of_reach.estimated_seconds_per_iteration < usual.estimated_seconds_per_iteration
+    assert out_of_reach.iterations >= HARD_MIN_ITERATIONS
+    # the fastest candidate is the cheapest of all: a smaller patch or narrower network cannot be had
+    smallest_patch = min(np.prod(p) for p in [out_of_reach.patch_size, usual.patch_size])
+    assert np.prod(out_of_reach.patch_size) == smallest_patch
+    assert out_of_reach.features_per_stage[0] <= usual.features_per_stage[0]
