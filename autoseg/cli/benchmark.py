@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--config", default="3d_fullres", help="nnU-Net configuration(s), comma-separated (default 3d_fullres)")
     p.add_argument("--arch", default="cnn", help="architecture(s), comma-separated: cnn, cnn_resenc, transformer")
     p.add_argument("--loss", action="append", default=None,
-                   help="loss(es): a name, a comma list, a category (pixel, region, combination; category=boundary for the boundary losses, boundary alone being the loss), all, or "
+                   help="loss(es): a name, a comma list, a category (pixel, region, combination; category=boundary "
+                        "for the boundary losses, boundary alone being the loss), all, or "
                         "a sweep such as tversky:alpha=0.3,0.5,0.7 (several keys: loss:a=1,2:b=3); repeatable")
     p.add_argument("--folds", default="0", help="folds: 0, 0-4, 0,2 or all (default: 0)")
     p.add_argument("--seeds", default="0", help="training seeds: 0, 0-2, 0,3 (default 0: nnU-Net unseeded)")

@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="override the features per stage (16,32,64,128) or the first stage's width (16); "
                         "for the transformer, SwinUNETR's feature_size (12, 24, 48)")
     p.add_argument("--min-iterations", type=int, default=None,
-                   help="the planner takes the most capable network that reaches this many training iterations in the time budget (default: 2000; if none does, the fastest, with at least 500)")
+                   help="the planner takes the most capable network that reaches this many training iterations in "
+                        "the time budget (default: 2000; if none does, the fastest, with at least 500)")
     p.add_argument("--work-dir", default=None, help="as for plan_and_train")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                    help="run nnU-Net's dataset integrity check (default: on, except for bundled data)")

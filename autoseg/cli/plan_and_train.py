@@ -69,7 +69,8 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patch-size", default=None, help="override the planned patch size, e.g. 40x56x40")
     g.add_argument("--batch-size", type=int, default=None, help="override the planned batch size")
     g.add_argument("--min-iterations", type=int, default=None,
-                   help="the planner takes the most capable network reaching this many training iterations (default: 2000; if none does, the fastest, with at least 500)")
+                   help="the planner takes the most capable network reaching this many training iterations "
+                        "(default: 2000; if none does, the fastest, with at least 500)")
     g.add_argument("--features", default=None, help="override the features per stage (16,32,64,128) or the "
                                                     "first stage's width; the transformer's feature_size")
     p.add_argument("--budget", default=None, choices=["quick", "standard", "smoke"],

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
 from autoseg.grid.spec import GridError
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "boundary_epoch.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("boundary_epoch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("boundary_epoch")
 
 
 def test_losses_with_settings_and_the_baseline_first(bench):
