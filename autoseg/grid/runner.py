@@ -104,12 +104,10 @@ def estimate_seconds(prepared, device: str = "cpu") -> float | None:
     if prepared.plan is not None:
         return float(prepared.plan["estimate"]["seconds_per_run"])
     try:
-        import torch
-
         from autoseg.io import read_json
         from autoseg.plans.budget import resolved_configuration
-        from autoseg.plans.cost import estimate, machine_costs
-        from autoseg.plans.planner import TRAIN_SHARE, build_network, step_timer, with_timed_network
+        from autoseg.plans.cost import machine_costs
+        from autoseg.plans.planner import TRAIN_SHARE, estimate_block, step_timer, with_timed_network
 
         plans = read_json(prepared.plans_file)
         block = resolved_configuration(plans["configurations"], prepared.configuration)
@@ -119,13 +117,9 @@ def estimate_seconds(prepared, device: str = "cpu") -> float | None:
         arch = block.get("autoseg", {}).get("architecture", "cnn")
         dev = "cuda" if device == "cuda" else "cpu"
         costs = machine_costs(dev, cache_dir=prepared.dirs.preprocessed, architecture=arch)
-        try:
-            with torch.device("meta"):
-                net = build_network(block["architecture"], in_channels, n_classes)
-        except (RuntimeError, NotImplementedError):  # SwinUNETR calls .item() while it builds
-            net = build_network(block["architecture"], in_channels, n_classes)
-        est = estimate(costs, net, block["batch_size"], block["patch_size"], in_channels)
-        # the network's step timed on this machine, as the planner does for its choice
+        # priced and then timed on this machine, as the planner does for its choice
+        est = estimate_block(costs, block["architecture"], block["patch_size"], block["batch_size"], in_channels,
+                             n_classes)
         est = with_timed_network(est, step_timer(dev, in_channels, n_classes)(
             block["architecture"], block["patch_size"], block["batch_size"], arch))
         b = prepared.budget

@@ -264,8 +264,8 @@ def build_network(block: dict, in_channels: int, num_classes: int, deep_supervis
 _ESTIMATES: dict[tuple, dict] = {}
 
 
-def _estimate(costs: MachineCosts, block: dict, patch: list[int], batch: int, in_channels: int,
-              num_classes: int) -> dict:
+def estimate_block(costs: MachineCosts, block: dict, patch: list[int], batch: int, in_channels: int,
+                   num_classes: int) -> dict:
     """:func:`~autoseg.plans.cost.estimate` of a plans block, the network built on the meta device
     (no memory, no initialisation) where it allows, and remembered per machine and candidate."""
     import json as _json
@@ -365,6 +365,11 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
     train_s = per_run * TRAIN_SHARE if per_run else None
     reasons = [f"nnU-Net planned patch {base['patch_size']}, batch {base['batch_size']}, "
                f"features {base['architecture']['arch_kwargs']['features_per_stage']} for spacing {base['spacing']}"]
+
+    def reaches(est: dict, floor: int) -> bool:
+        """Whether ``est``'s seconds per iteration give ``floor`` iterations in the training time (always, without one)."""
+        return not train_s or int(train_s // est["seconds_per_iteration"]) >= floor
+
     tried = []
     best = None
     fastest = None  # the quickest candidate that fits the memory: the plan when none reaches the floor
@@ -380,21 +385,17 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
                 allowed.add(base["batch_size"])
             batches = sorted(b for b in allowed if b <= max(base["batch_size"], 2)) [::-1] or [2]
         for b in batches:
-            est = _estimate(costs, block, patch, b, in_channels, num_classes)
-            s_it = est["seconds_per_iteration"]
+            est = estimate_block(costs, block, patch, b, in_channels, num_classes)
             fits_memory = est["memory_bytes"] <= memory
-            iters = int(train_s // s_it) if train_s else None
-            fits_time = iters is None or iters >= request.min_iterations
-            if timer is not None and fits_memory and fits_time and timed < MAX_TIMED_CANDIDATES:
+            if timer is not None and fits_memory and reaches(est, request.min_iterations) \
+                    and timed < MAX_TIMED_CANDIDATES:
                 timed += 1
                 est = with_timed_network(est, timer(block, patch, b, arch))
-                s_it = est["seconds_per_iteration"]
-                iters = int(train_s // s_it) if train_s else None
-                fits_time = iters is None or iters >= request.min_iterations
+            s_it = est["seconds_per_iteration"]
             tried.append((desc, patch, b, s_it, est["memory_bytes"]))
             if fits_memory and (fastest is None or s_it < fastest[3]["seconds_per_iteration"]):
                 fastest = (block, patch, b, est, desc, bmax)
-            if fits_memory and fits_time:
+            if fits_memory and reaches(est, request.min_iterations):
                 best = (block, patch, b, est, desc, bmax)
                 break
         if best:
@@ -403,10 +404,8 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
     fallback = False
     if best is None and train_s and fastest is not None:
         if timer is not None and "network_timed" not in fastest[3]["seconds_by_part"]:
-            f_block, f_patch, f_b = fastest[:3]
-            fastest = (f_block, f_patch, f_b, with_timed_network(fastest[3], timer(f_block, f_patch, f_b, arch)),
-                       *fastest[4:])
-        if int(train_s // fastest[3]["seconds_per_iteration"]) >= hard_min:
+            fastest = (*fastest[:3], with_timed_network(fastest[3], timer(*fastest[:3], arch)), *fastest[4:])
+        if reaches(fastest[3], hard_min):
             best, fallback = fastest, True
     if best is None:
         smallest = min(tried, key=lambda t: t[3])
@@ -431,14 +430,13 @@ def plan_configuration(plans: dict, base_configuration: str, request: PlanReques
     if train_s:
         iterations = int(train_s // s_it)
         epochs, per_epoch, val = schedule_for(iterations)
+        budget = f"time budget {per_run:.0f} s per run ({request.runs} run(s)), {TRAIN_SHARE:.0%} of it for training"
         if fallback:
-            reasons.append(f"time budget {per_run:.0f} s per run ({request.runs} run(s)), {TRAIN_SHARE:.0%} of it for "
-                           f"training: no candidate reaches {request.min_iterations} iterations; the fastest, "
-                           f"{desc}, patch {patch}, batch {b}, reaches {iterations} at {s_it:.2f} s (at least "
-                           f"{hard_min} are needed)")
+            reasons.append(f"{budget}: no candidate reaches {request.min_iterations} iterations; the fastest, {desc}, "
+                           f"patch {patch}, batch {b}, reaches {iterations} at {s_it:.2f} s (at least {hard_min} "
+                           "are needed)")
         else:
-            reasons.append(f"time budget {per_run:.0f} s per run ({request.runs} run(s)), {TRAIN_SHARE:.0%} of it for "
-                           f"training: the most capable candidate reaching {request.min_iterations} iterations "
+            reasons.append(f"{budget}: the most capable candidate reaching {request.min_iterations} iterations "
                            f"is {desc}, patch {patch}, batch {b} ({iterations} iterations at {s_it:.2f} s)")
     else:
         epochs, per_epoch, val = 1000, 250, 50
@@ -500,4 +498,5 @@ def configuration_entry(plan: ConfigurationPlan, costs: MachineCosts, request: P
 
 __all__ = ["ARCHITECTURES", "HARD_MIN_ITERATIONS", "MIN_ITERATIONS", "ConfigurationPlan", "PlanError", "PlanRequest", "plan_configuration",
            "configuration_entry", "parse_duration", "parse_memory", "parse_int_list", "max_batch_size",
-           "patch_divisors", "check_patch", "schedule_for", "build_network", "step_timer", "with_timed_network"]
+           "patch_divisors", "check_patch", "schedule_for", "build_network", "estimate_block", "step_timer",
+           "with_timed_network"]
