@@ -12,6 +12,7 @@ Older ``autoseg.json`` files (written before records had a version) are read as 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from autoseg.io import atomic_write_json, read_json
 
 RECORD_NAME = "autoseg.json"
 RECORD_VERSION = 2
+#: how a record writes its times (``started``, ``finished``): local time, whole seconds
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
 STATES = ("pending", "running", "done", "failed")
 
 
@@ -154,4 +157,18 @@ def write_record(path: str | os.PathLike, record: FoldRecord) -> Path:
     return path
 
 
-__all__ = ["FoldRecord", "RECORD_NAME", "RECORD_VERSION", "STATES", "read_record", "write_record"]
+def now_stamp() -> str:
+    """The current time as a record writes it."""
+    return time.strftime(STAMP_FORMAT)
+
+
+def stamp_seconds(stamp: str | None) -> float | None:
+    """Seconds since the epoch of a record's time ``stamp`` (None if it is absent or malformed)."""
+    try:
+        return time.mktime(time.strptime(stamp or "", STAMP_FORMAT))
+    except ValueError:
+        return None
+
+
+__all__ = ["FoldRecord", "RECORD_NAME", "RECORD_VERSION", "STAMP_FORMAT", "STATES", "now_stamp", "read_record",
+           "stamp_seconds", "write_record"]

@@ -29,6 +29,7 @@ from typing import Any
 from autoseg.grid.executors import Executor, ExecutorOptions, RunTask, register_executor
 from autoseg.grid.store import Store
 from autoseg.io import update_json
+from autoseg.records import now_stamp
 
 JOB_FILE = "slurm_job.json"
 
@@ -160,7 +161,7 @@ def _note_attempt(task: RunTask, job_id: str) -> None:
     import submitit
 
     env = submitit.JobEnvironment()
-    attempt = {"job_id": job_id, "host": env.hostname, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    attempt = {"job_id": job_id, "host": env.hostname, "started": now_stamp(),
                "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
                "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr)}
     # under the file's lock: the submitting command may be writing the job id into it at this moment
@@ -295,7 +296,7 @@ class SlurmExecutor(Executor):
         for task, job in zip(fresh, jobs):
             self.job_ids[task.run_id] = job.job_id
             set_job_id(Store(task.store), task.run_id, job.job_id)
-            update = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            update = {"job_id": job.job_id, "submitted": now_stamp(),
                       "logs": str(job.paths.folder), "resources": self.resources.submitit_parameters()}
             update_json(job_file(task.store, task.run_id),
                         lambda info, u=update, j=job.job_id: _append({**info, **u}, "submissions", j), default={})

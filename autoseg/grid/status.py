@@ -5,20 +5,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from autoseg.grid.store import Store
-from autoseg.records import FoldRecord
+from autoseg.records import FoldRecord, stamp_seconds
 from autoseg.trainers.names import parse_trainer_name
 
 
 def _elapsed(record: FoldRecord) -> float:
-    try:
-        started = datetime.strptime(record.started or "", "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError:
-        return 0.0
-    return max(0.0, time.time() - started)
+    started = stamp_seconds(record.started)
+    return 0.0 if started is None else max(0.0, time.time() - started)
 
 
 def run_row(record: FoldRecord, state: str, results: str | None = None) -> dict[str, Any]:

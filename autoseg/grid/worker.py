@@ -21,14 +21,10 @@ from pathlib import Path
 
 from autoseg.grid.executors import RunTask
 from autoseg.grid.store import Store
-from autoseg.records import FoldRecord, write_record
+from autoseg.records import FoldRecord, now_stamp, stamp_seconds, write_record
 
 #: exit status of a worker whose run failed (0: done, or nothing to do)
 FAILED = 1
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def save(record: FoldRecord, store: Store, fold_dir: Path) -> None:
@@ -83,7 +79,7 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
     fold_dir.mkdir(parents=True, exist_ok=True)
     carried = carried_seconds(record, fold_dir)
     record.status, record.error, record.attempts = "running", None, record.attempts + 1
-    record.started, record.finished, record.host = _now(), None, socket.gethostname()
+    record.started, record.finished, record.host = now_stamp(), None, socket.gethostname()
     record.resumed_seconds = carried
     record.device, record.executor = task.device, task.executor
     record.precision = training_precision(task.device, record.architecture)
@@ -100,12 +96,12 @@ def _run(task: RunTask, record: FoldRecord, store: Store, log: Callable[[str], N
         raise
     except BaseException as e:  # noqa: BLE001 (a failed run is recorded, and the others go on)
         record.status, record.error = "failed", f"{type(e).__name__}: {e}"
-        record.finished, record.wall_seconds = _now(), round(carried + time.time() - t0, 1)
+        record.finished, record.wall_seconds = now_stamp(), round(carried + time.time() - t0, 1)
         save(record, store, fold_dir)
         log(f"  {task.run_id} failed: {record.error}")
         (fold_dir / "autoseg_error.txt").write_text(traceback.format_exc())
         return FAILED
-    record.status, record.finished, record.wall_seconds = "done", _now(), round(carried + time.time() - t0, 1)
+    record.status, record.finished, record.wall_seconds = "done", now_stamp(), round(carried + time.time() - t0, 1)
     keep_dataset_json(fold_dir, store.path(record.run_id).parent)
     save(record, store, fold_dir)
     if task.test_set:
@@ -140,11 +136,9 @@ def carried_seconds(record: FoldRecord, fold_dir: Path) -> float:
                  if (fold_dir / n).is_file()), None)
     if ckpt is None or not record.started:
         return 0.0
-    try:
-        previous_start = time.mktime(time.strptime(record.started, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return float(record.resumed_seconds or 0.0)
-    return float(record.resumed_seconds or 0.0) + max(0.0, ckpt.stat().st_mtime - previous_start)
+    previous_start = stamp_seconds(record.started)
+    previous = 0.0 if previous_start is None else max(0.0, ckpt.stat().st_mtime - previous_start)
+    return float(record.resumed_seconds or 0.0) + previous
 
 
 def train_and_validate(record: FoldRecord, task: RunTask, fold_dir: Path, log: Callable[[str], None]) -> int:
