@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def load_benchmark(name: str):
@@ -22,7 +23,6 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def camvid_subset(src: Path, dst: Path, void: int = 11) -> None:
