@@ -95,5 +95,11 @@ def test_the_committed_report_regenerates_from_a_slice_of_the_committed_store(st
         assert set(regenerated) == set(losses), prefix
         for loss in losses:
             for column, value in committed[prefix][loss].items():
-                if column not in RANK_COLUMNS:
-                    assert regenerated[loss][column] == value, (prefix, loss, column)
+                if column in RANK_COLUMNS:
+                    continue
+                if column not in regenerated[loss]:
+                    # a column of a fold (seed) that only losses outside the slice have reached yet (the grid
+                    # is part-way through it): the slice's losses have no value there
+                    assert value == "-", (prefix, loss, column, value)
+                    continue
+                assert regenerated[loss][column] == value, (prefix, loss, column)
