@@ -15,14 +15,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` imported as a module (a script, not a package member), for tests of its pure parts."""
+def _load_file(folder: str, name: str):
+    """``<folder>/<name>.py`` imported as a module (a script, not a package member), for tests of its pure parts."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module."""
+    return _load_file("benchmarks", name)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module."""
+    return _load_file("scripts", name)
 
 
 def camvid_subset(src: Path, dst: Path, void: int = 11) -> None:
