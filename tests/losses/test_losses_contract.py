@@ -38,9 +38,9 @@ def inputs(dim: int, seed: int = 0, ignore: bool = False):
     return logits, target
 
 
-def value_and_grad(loss, logits, target):
+def value_and_grad(loss, logits, target, **extras):
     x = logits.clone().requires_grad_(True)
-    value = loss(x, target)
+    value = loss(x, target, **extras)
     value.sum().backward()
     return value.detach(), x.grad
 

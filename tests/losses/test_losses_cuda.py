@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from test_losses_contract import value_and_grad
 
 from autoseg.losses import build_loss, get_loss_info, list_losses
 from autoseg.losses.maps import MAP_KINDS, compute_maps_torch, distance_to_boundary_torch
@@ -41,13 +42,6 @@ def inputs(dim: int, seed: int = 0):
 
 def build(name: str):
     return build_loss(name, context={"ignore_index": IGNORE, "batch": True})
-
-
-def value_and_grad(loss, logits, target, **extras):
-    x = logits.clone().requires_grad_(True)
-    value = loss(x, target, **extras)
-    value.backward()
-    return value.detach(), x.grad
 
 
 @pytest.mark.parametrize("dim", [2, 3])
