@@ -229,3 +229,26 @@ def test_inverseform_network_in_bfloat16_stays_close_to_float32_and_ranks_alike(
     values = [float(InverseFormLoss(network_dtype="bfloat16")(20 * (2 * _onehot(_disk(k)[None], 2) - 1), t))
               for k in (0, 2, 5)]
     assert values == sorted(values), values
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("with_head", [True, False])
+def test_conditional_boundary_each_case_as_if_alone(dim, with_head):
+    # The batch's anchors are handled together; each case's value (and the fixed-seed subset of a case
+    # with more boundary voxels than max_samples) must be what that case gives on its own.
+    shape = (20, 24) if dim == 2 else (8, 10, 12)
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 3, (4, *shape), generator=g)  # case 3: far more boundary voxels than max_samples
+    t[0] = 0  # no boundary at all
+    t[1] = (torch.arange(shape[-1]) >= shape[-1] // 2).long().expand(shape)  # one straight boundary
+    t[2, ..., : shape[-1] // 3] = 1
+    logits = torch.randn(4, 3, *shape, generator=g)
+    z = torch.randn(4, 5, *shape, generator=g) if with_head else None
+    batch = conditional_boundary_loss(logits, t, z, max_samples=40, reduction="none")
+    alone = torch.cat([conditional_boundary_loss(logits[b:b + 1], t[b:b + 1], None if z is None else z[b:b + 1],
+                                                 max_samples=40, reduction="none") for b in range(4)])
+    assert batch.shape == (4,)
+    assert torch.allclose(batch, alone, rtol=1e-5), (batch, alone)
+    # the subset matters: case 3 with every boundary voxel differs from case 3 with 40 of them
+    full = conditional_boundary_loss(logits[3:], t[3:], None if z is None else z[3:], reduction="none")
+    assert not torch.isclose(full[0], batch[3])

@@ -38,19 +38,46 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v * (v * v).sum(-1, keepdim=True).clamp_min(1e-24).rsqrt()
 
 
-def _case_terms(z: torch.Tensor, label: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor,
-                boundary: torch.Tensor, radius: int, temperature: float, max_samples: int,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A2C and A2P&N of one case; ``z`` ``[D, *spatial]`` embeddings (made unit length here), the rest ``[*spatial]``."""
-    spatial = label.shape
-    anchors = boundary.flatten().nonzero().squeeze(1)
-    zero = z.sum() * 0
-    if anchors.numel() == 0:
-        return zero, zero
-    if anchors.numel() > max_samples:
-        # a fixed seed per case: the same voxels for the same target, whatever the rest of the batch
-        g = torch.Generator().manual_seed(seed)
-        anchors = anchors[torch.randperm(anchors.numel(), generator=g)[:max_samples].to(anchors.device)]
+def _sample_anchors(boundary: torch.Tensor, max_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anchors of every case (case index, flat voxel index), at most ``max_samples`` per case.
+
+    One ``nonzero`` over the batch (one device sync, not one per case); a case with more boundary voxels
+    keeps a fixed-seed random subset: the same voxels for the same target, whatever the rest of the batch.
+    """
+    batch = boundary.shape[0]
+    found = boundary.reshape(batch, -1).nonzero()  # [A, 2], sorted by case, then voxel
+    case, voxel = found[:, 0], found[:, 1]
+    counts = torch.bincount(case, minlength=batch).tolist()
+    if max(counts, default=0) <= max_samples:
+        return case, voxel
+    keep, start = [], 0
+    for count in counts:
+        rows = torch.arange(start, start + count)
+        if count > max_samples:
+            g = torch.Generator().manual_seed(seed)
+            rows = rows[torch.randperm(count, generator=g)[:max_samples]]
+        keep.append(rows)
+        start += count
+    rows = torch.cat(keep).to(found.device)
+    return case[rows], voxel[rows]
+
+
+def _per_case_mean(values: torch.Tensor, counted: torch.Tensor, case: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean of ``values`` over the ``counted`` anchors of each case (0 for a case with none)."""
+    total = values.new_zeros(batch).index_add(0, case, values * counted)
+    number = values.new_zeros(batch).index_add(0, case, counted.to(values.dtype))
+    return total / number.clamp_min(1)
+
+
+def _batch_terms(z: torch.Tensor, label: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor,
+                 boundary: torch.Tensor, radius: int, temperature: float, max_samples: int,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A2C and A2P&N of every case, ``[B]`` each; ``z`` ``[B, D, *spatial]`` embeddings (made unit length
+    here), the rest ``[B, *spatial]``. All cases' anchors are handled together: a loop over the cases cost
+    a device sync and some thirty small kernels per case, several times the network's step on a GPU."""
+    batch, spatial = label.shape[0], label.shape[1:]
+    voxels = label[0].numel()
+    case, anchors = _sample_anchors(boundary, max_samples, seed)
     coords = torch.stack(torch.unravel_index(anchors, spatial), 1)  # [A, dims]
     offs = _offsets(len(spatial), radius).to(coords.device)  # [K, dims]
     nb = coords[:, None, :] + offs[None]  # [A, K, dims]
@@ -60,30 +87,31 @@ def _case_terms(z: torch.Tensor, label: torch.Tensor, correct: torch.Tensor, val
     flat = torch.zeros_like(nb[..., 0])
     for d in range(len(spatial)):
         flat = flat * spatial[d] + nb[..., d]
-    lab, cor, val = (x.flatten()[flat] for x in (label, correct, valid))
+    flat_in_batch = flat + (case * voxels)[:, None]
+    lab, cor, val = (x.flatten()[flat_in_batch] for x in (label, correct, valid))
     usable = inside & val & cor  # only correctly classified, counted neighbours take part (the condition)
-    same = usable & (lab == label.flatten()[anchors][:, None])
+    same = usable & (lab == label.flatten()[anchors + case * voxels][:, None])
     diff = usable & ~same
     # one row per voxel: gathering rows is several times faster than gathering columns of [D, N]
-    zt = z.flatten(1).t()  # [N, D]
+    zt = z.flatten(2).transpose(1, 2)  # [B, N, D], a view
     # unit length here, on the A * (K + 1) gathered vectors only: normalising the whole full-resolution
     # embedding (and its backward) cost more than the rest of the loss
-    za = _unit(zt[anchors])  # [A, D]
-    zn = _unit(zt[flat.flatten()].reshape(*flat.shape, -1))  # [A, K, D]
+    za = _unit(zt[case, anchors])  # [A, D]
+    zn = _unit(zt[case[:, None], flat])  # [A, K, D]
     n_same = same.sum(1)
     has_pos = n_same > 0
     # A2C: each boundary voxel pulled to the mean embedding of its correct same-class neighbours
     centre = (zn * same[..., None]).sum(1) / n_same.clamp_min(1)[:, None]
-    a2c_each = (za - centre).pow(2).sum(1)
-    a2c = (a2c_each * has_pos).sum() / has_pos.sum().clamp_min(1)
+    a2c = _per_case_mean((za - centre).pow(2).sum(1), has_pos, case, batch)
     # A2P&N: InfoNCE with the correct same-class neighbours as positives, the other-class ones as negatives
     sim = (zn * za[:, None]).sum(-1) / temperature  # [A, K]
     both = has_pos & (diff.sum(1) > 0)
     neg_inf = torch.finfo(sim.dtype).min
     log_pos = torch.logsumexp(torch.where(same, sim, torch.full_like(sim, neg_inf)), 1)
     log_all = torch.logsumexp(torch.where(usable, sim, torch.full_like(sim, neg_inf)), 1)
-    a2pn_each = torch.where(both, log_all - log_pos, torch.zeros_like(log_all))
-    a2pn = a2pn_each.sum() / both.sum().clamp_min(1)
+    a2pn = _per_case_mean(torch.where(both, log_all - log_pos, torch.zeros_like(log_all)), both, case, batch)
+    if anchors.numel() == 0:  # keep z in the graph (its gradient is zero), as a case with anchors would
+        a2c = a2c + z.sum() * 0
     return a2c, a2pn
 
 
@@ -151,13 +179,9 @@ def conditional_boundary_loss(
             z = check_head("head_embedding", head_embedding, logits, None).to(dtype)
         else:
             z = probabilities(logits)
-        a2c, a2pn = [], []
-        for b in range(logits.shape[0]):
-            t1, t2 = _case_terms(z[b], target[b], correct[b], valid[b], boundary[b], int(radius),
-                                 float(temperature), int(max_samples), int(seed))
-            a2c.append(t1)
-            a2pn.append(t2)
-        extra = float(weight_a2c) * torch.stack(a2c) + float(weight_a2pn) * torch.stack(a2pn)
+        a2c, a2pn = _batch_terms(z, target, correct, valid, boundary, int(radius), float(temperature),
+                                 int(max_samples), int(seed))
+        extra = float(weight_a2c) * a2c + float(weight_a2pn) * a2pn
         return ce + reduce(extra, reduction)
 
 
