@@ -87,10 +87,10 @@ def _batch_terms(z: torch.Tensor, label: torch.Tensor, correct: torch.Tensor, va
     flat = torch.zeros_like(nb[..., 0])
     for d in range(len(spatial)):
         flat = flat * spatial[d] + nb[..., d]
-    flat_in_batch = flat + (case * voxels)[:, None]
-    lab, cor, val = (x.flatten()[flat_in_batch] for x in (label, correct, valid))
+    start = case * voxels  # where each anchor's case begins in the flattened batch
+    lab, cor, val = (x.flatten()[flat + start[:, None]] for x in (label, correct, valid))
     usable = inside & val & cor  # only correctly classified, counted neighbours take part (the condition)
-    same = usable & (lab == label.flatten()[anchors + case * voxels][:, None])
+    same = usable & (lab == label.flatten()[anchors + start][:, None])
     diff = usable & ~same
     # one row per voxel: gathering rows is several times faster than gathering columns of [D, N]
     zt = z.flatten(2).transpose(1, 2)  # [B, N, D], a view
