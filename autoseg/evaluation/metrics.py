@@ -201,3 +201,19 @@ def pooled_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, axis: int = 0) ->
     denom = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def pooled_precision_recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+                            axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dataset-level precision TP / (TP + FP), recall TP / (TP + FN) and volume ratio (TP + FP) / (TP + FN)
+    (predicted over reference volume: above 1 over-segments) from counts summed over ``axis``.
+
+    Precision is NaN where nothing was predicted, recall and the volume ratio where the reference is empty.
+    """
+    tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=np.float64)).sum(axis=axis) for x in (tp, fp, fn))
+    predicted, present = tp + fp, tp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), np.nan)
+        recall = np.where(present > 0, tp / np.where(present > 0, present, 1), np.nan)
+        ratio = np.where(present > 0, predicted / np.where(present > 0, present, 1), np.nan)
+    return precision, recall, ratio

@@ -16,6 +16,7 @@ from autoseg.evaluation import stats as st
 from autoseg.evaluation.analysis import GroupAnalysis, empty_counts, fold_table, seed_order
 from autoseg.evaluation.dataset import load_dataset_info, read_segmentation, reference_for
 from autoseg.evaluation.document import Doc
+from autoseg.evaluation.metrics import pooled_precision_recall
 from autoseg.evaluation.runs import Run, fold_key
 from autoseg.evaluation.scoring import Evaluation
 from autoseg.evaluation.training_log import NNUNET_DEFAULT_EPOCHS, parse_training_log, run_cost
@@ -398,6 +399,33 @@ def distance_tables_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag:
     doc.table(f"nsd_{tag}", ["loss"] + [f"NSD {n} (%)" for n in names],
               [[m] + [_ms(nsd[:, j, k], 100) for k in range(len(names))] for j, m in enumerate(g.methods)],
               "NSD per class, mean ± sd over cases")
+
+
+@group_section("over_under_segmentation")
+def over_under_segmentation_section(doc: Doc, g: GroupAnalysis, ctx: ReportContext, tag: str) -> None:
+    """Precision, recall and volume ratio per class: whether a loss's Dice is lost to false positives or to
+    false negatives (e.g. Tversky's defaults weigh false negatives more, and over-segment)."""
+    tp, fp, fn = g.values["tp"], g.values["fp"], g.values["fn"]
+    if np.all(np.isnan(tp)):
+        return
+    precision, recall, ratio = pooled_precision_recall(tp, fp, fn, axis=0)  # [n_methods, n_labels]
+    names = g.class_names
+    doc.h(2, "Over- and under-segmentation")
+    caption = (f"Precision TP/(TP+FP) and recall TP/(TP+FN) per class from the counts summed over the {len(g.cases)} "
+               "paired cases (dataset-level: larger structures weigh more); '-' where nothing was predicted "
+               "(precision) or nothing is in the reference (recall)")
+    if g.natural:
+        doc.table(f"precision_recall_{tag}", ["loss"] + [f"{n} precision / recall (%)" for n in names],
+                  [[m] + [f"{_pct(precision[j, k], 1)} / {_pct(recall[j, k], 1)}" for k in range(len(names))]
+                   for j, m in enumerate(g.methods)], caption)
+        return
+    doc.table(f"precision_recall_{tag}",
+              ["loss"] + [f"{h} {n}" for n in names for h in ("precision (%)", "recall (%)", "volume ratio")],
+              [[m] + [c for k in range(len(names))
+                      for c in (_pct(precision[j, k]), _pct(recall[j, k]),
+                                "-" if np.isnan(ratio[j, k]) else f"{ratio[j, k]:.3f}")]
+               for j, m in enumerate(g.methods)],
+              caption + "; volume ratio: predicted over reference volume, above 1 over-segments")
 
 
 @group_section("empty")

@@ -331,3 +331,44 @@ def test_test_set_rows_are_shown_apart_from_cross_validation(tmp_path, monkeypat
 def test_no_test_set_is_said(report):
     _, out = report
     assert "No held-out test-set results were found" in (out / "report.md").read_text()
+
+
+def test_precision_recall_and_volume_ratio_by_counting_voxels(report):
+    from eval_synthetic_tree import PREDICT, reference
+
+    res, out = report
+    (g,) = res.groups
+    table = {r["loss"]: r for r in _csv(next((out / "tables").glob("precision_recall_*.csv")))}
+    assert table["good"]["precision (%) organ"] == "100.00" and table["good"]["volume ratio tumour"] == "1.000"
+    # by hand: the tumour is a 2 x 2 x 2 box; rolled by one voxel, half of it stays (case 0 has none, predicts none)
+    assert table["twin_a"]["precision (%) tumour"] == table["twin_a"]["recall (%) tumour"] == "50.00"
+    assert table["twin_a"]["volume ratio tumour"] == "1.000"
+    cases = [int(c.split("_")[1]) for c in g.cases]
+    # bad: rolled by three voxels, the 2-voxel tumour is missed everywhere (and one is invented in case 0)
+    assert table["bad"]["precision (%) tumour"] == "0.00" and table["bad"]["recall (%) tumour"] == "0.00"
+    # every cell against the voxels counted directly, summed over the paired cases
+    for method in ("twin_a", "bad"):
+        for label, name in ((1, "organ"), (2, "tumour")):
+            tp = fp = fn = 0
+            for i in cases:
+                a, b, c = _counts(PREDICT[method](reference(i), i), reference(i), label)
+                tp, fp, fn = tp + a, fp + b, fn + c
+            assert table[method][f"precision (%) {name}"] == f"{tp / (tp + fp) * 100:.2f}"
+            assert table[method][f"recall (%) {name}"] == f"{tp / (tp + fn) * 100:.2f}"
+            assert table[method][f"volume ratio {name}"] == f"{(tp + fp) / (tp + fn):.3f}"
+    assert "Over- and under-segmentation" in (out / "report.md").read_text()
+
+
+def test_precision_recall_edge_cases():
+    from autoseg.evaluation.metrics import pooled_precision_recall
+
+    # [cases, methods, classes]: method 0 predicts nothing of a present class; method 1 predicts an absent class
+    tp = np.array([[[0.0], [0.0]], [[0.0], [0.0]]])
+    fp = np.array([[[0.0], [3.0]], [[0.0], [1.0]]])
+    fn = np.array([[[2.0], [0.0]], [[5.0], [0.0]]])
+    p, r, v = pooled_precision_recall(tp, fp, fn)
+    assert np.isnan(p[0, 0]) and r[0, 0] == 0.0 and v[0, 0] == 0.0
+    assert p[1, 0] == 0.0 and np.isnan(r[1, 0]) and np.isnan(v[1, 0])
+    # NaN counts (a metric row without counts) count as zero, as in the pooled IoU
+    p, r, v = pooled_precision_recall(np.array([[3.0], [np.nan]]), np.array([[1.0], [1.0]]), np.array([[1.0], [0.0]]))
+    assert p[0] == pytest.approx(0.6) and r[0] == pytest.approx(0.75) and v[0] == pytest.approx(1.25)
