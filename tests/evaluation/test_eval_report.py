@@ -147,6 +147,15 @@ def test_natural_images_report_dataset_level_iou(tmp_path):
     assert table["twin_a"]["mIoU (%)"] == f"{sum(expected.values()) / 3:.2f}"  # over all three classes
     assert table["good"]["mIoU (%)"] == "100.00" and table["good"]["sd (bootstrap)"] == "0.00"
     assert "dataset-level" in (tmp_path / "r" / "report.md").read_text()
+    # precision / recall per class, one confusion matrix over the images as for the IoU
+    pr = {r["loss"]: r for r in _csv(next((tmp_path / "r" / "tables").glob("precision_recall_*.csv")))}
+    for label, name in ((0, "sky"), (2, "tumour")):
+        tp = fp = fn = 0
+        for i in range(3):
+            a, b, c = _counts(PREDICT["twin_a"](reference(i), i), reference(i), label)
+            tp, fp, fn = tp + a, fp + b, fn + c
+        assert pr["twin_a"][f"{name} precision / recall (%)"] == f"{tp / (tp + fp) * 100:.1f} / {tp / (tp + fn) * 100:.1f}"
+    assert pr["good"]["organ precision / recall (%)"] == "100.0 / 100.0"
 
 
 def test_friedman_across_configurations(tmp_path):
