@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STUDIES = {"hippocampus": ("dsc", "folds"), "camvid": ("iou", "iou_test", "folds")}
+STUDIES = {"hippocampus": ("dsc", "folds", "precision_recall"), "camvid": ("iou", "iou_test", "folds", "precision_recall")}
 RANK_COLUMNS = {"rank", "rank 95% interval"}  # ranks depend on which losses are compared
 
 
