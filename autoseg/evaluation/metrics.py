@@ -198,9 +198,13 @@ def pooled_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, axis: int = 0) ->
     A class absent from every reference and every prediction gets NaN (Cityscapes leaves it out of the mIoU).
     """
     tp, fp, fn = (np.asarray(x, dtype=np.float64).sum(axis=axis) for x in (tp, fp, fn))
-    denom = tp + fp + fn
+    return _ratio(tp, tp + fp + fn)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` where ``den > 0``, NaN elsewhere (an undefined ratio is left out of means, not 0)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
 def pooled_precision_recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
@@ -212,8 +216,4 @@ def pooled_precision_recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
     """
     tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=np.float64)).sum(axis=axis) for x in (tp, fp, fn))
     predicted, present = tp + fp, tp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), np.nan)
-        recall = np.where(present > 0, tp / np.where(present > 0, present, 1), np.nan)
-        ratio = np.where(present > 0, predicted / np.where(present > 0, present, 1), np.nan)
-    return precision, recall, ratio
+    return _ratio(tp, predicted), _ratio(tp, present), _ratio(predicted, present)

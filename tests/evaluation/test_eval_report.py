@@ -352,10 +352,10 @@ def test_precision_recall_and_volume_ratio_by_counting_voxels(report):
     # by hand: the tumour is a 2 x 2 x 2 box; rolled by one voxel, half of it stays (case 0 has none, predicts none)
     assert table["twin_a"]["precision (%) tumour"] == table["twin_a"]["recall (%) tumour"] == "50.00"
     assert table["twin_a"]["volume ratio tumour"] == "1.000"
-    cases = [int(c.split("_")[1]) for c in g.cases]
     # bad: rolled by three voxels, the 2-voxel tumour is missed everywhere (and one is invented in case 0)
     assert table["bad"]["precision (%) tumour"] == "0.00" and table["bad"]["recall (%) tumour"] == "0.00"
     # every cell against the voxels counted directly, summed over the paired cases
+    cases = [int(c.split("_")[1]) for c in g.cases]
     for method in ("twin_a", "bad"):
         for label, name in ((1, "organ"), (2, "tumour")):
             tp = fp = fn = 0
@@ -378,6 +378,6 @@ def test_precision_recall_edge_cases():
     p, r, v = pooled_precision_recall(tp, fp, fn)
     assert np.isnan(p[0, 0]) and r[0, 0] == 0.0 and v[0, 0] == 0.0
     assert p[1, 0] == 0.0 and np.isnan(r[1, 0]) and np.isnan(v[1, 0])
-    # NaN counts (a metric row without counts) count as zero, as in the pooled IoU
+    # NaN counts (a metric row without counts) count as zero, as in the ranking's pooled IoU statistic
     p, r, v = pooled_precision_recall(np.array([[3.0], [np.nan]]), np.array([[1.0], [1.0]]), np.array([[1.0], [0.0]]))
     assert p[0] == pytest.approx(0.6) and r[0] == pytest.approx(0.75) and v[0] == pytest.approx(1.25)
