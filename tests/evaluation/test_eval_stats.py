@@ -298,3 +298,51 @@ def test_miou_over_reference_classes_by_hand():
     fp = np.array([[[1, 2]], [[0, 0]]], float)
     fn = np.zeros_like(tp)
     assert miou_over_reference_classes(tp, fp, fn).tolist() == [0.75]
+
+
+def test_permutation_p_is_resolved_until_enough_patterns_are_as_extreme():
+    from autoseg.evaluation.stats import paired_permutation_miou
+
+    # method 0 better on every one of 40 images: no random pattern is as extreme as the identity, so the patterns
+    # double from 999 (1998, 3996, ... 31968) up to the cap of 50,000 and p = 1 / 50,001
+    tp = np.stack([np.full((40, 2), 9.0), np.full((40, 2), 6.0)], axis=1)
+    fp = np.stack([np.full((40, 2), 1.0), np.full((40, 2), 4.0)], axis=1)
+    fn = np.zeros_like(tp)
+    assert paired_permutation_miou(tp, fp, fn, 0, 1, n_perm=999, seed=1, max_perm=50_000)[1] == 1 / 50_001
+    # a large p stops at the first n_perm patterns, with the same value as without a cap
+    rng = np.random.default_rng(0)
+    tp, fp, fn = (rng.integers(0, 6, (40, 2, 3)).astype(float) for _ in range(3))
+    assert (paired_permutation_miou(tp, fp, fn, 0, 1, n_perm=999, seed=1, max_perm=50_000)
+            == paired_permutation_miou(tp, fp, fn, 0, 1, n_perm=999, seed=1))
+
+
+def test_sampled_permutation_p_agrees_with_the_exact_one():
+    from autoseg.evaluation.stats import paired_permutation_miou
+
+    rng = np.random.default_rng(7)
+    tp, fp, fn = (rng.integers(0, 20, (14, 2, 4)).astype(float) for _ in range(3))
+    tp[:, 0] += rng.integers(0, 8, (14, 4))  # method 0 a little better: p neither 0 nor 1 (0.087)
+    _, exact = paired_permutation_miou(tp, fp, fn, 0, 1, max_perm=2 ** 14)  # all 16,384 patterns
+    assert 0.001 < exact < 0.5
+    _, sampled = paired_permutation_miou(tp, fp, fn, 0, 1, n_perm=4000, seed=3)
+    assert abs(sampled - exact) < 4 * np.sqrt(exact * (1 - exact) / 4000)
+
+
+def test_holm_over_465_pairs_can_still_reject():
+    from autoseg.evaluation.stats import paired_permutation_miou, pairwise_permutation_miou
+
+    # 31 methods on 117 images: method 0 better on every image, the other 30 identical (their 435 pairs have d = 0,
+    # p = 1). Holm multiplies the smallest p by 465: 2,000 patterns alone would give 465/2001 = 0.23 for every
+    # pair with method 0; the cap 20 * 465 / 0.05 = 186,000 gives 465/186,001
+    n, k = 117, 31
+    tp = np.full((n, k, 3), 6.0)
+    fp = np.full((n, k, 3), 4.0)
+    tp[:, 0], fp[:, 0] = 9.0, 1.0
+    fn = np.zeros_like(tp)
+    t = pairwise_permutation_miou(tp, fp, fn)
+    assert t.p[0, 1:] == pytest.approx(np.full(30, 1 / 186_001))
+    assert t.p_holm[0, 1:] == pytest.approx(np.full(30, 465 / 186_001))
+    assert t.better[0, 1:].all() and not t.better[1:].any()
+    assert np.all(t.p[1:, 1:][~np.eye(30, dtype=bool)] == 1.0)
+    # the shared patterns give each pair the p it gets alone
+    assert paired_permutation_miou(tp, fp, fn, 0, 5, max_perm=186_000)[1] == t.p[0, 5]
