@@ -333,16 +333,16 @@ def test_holm_over_465_pairs_can_still_reject():
 
     # 31 methods on 117 images: method 0 better on every image, the other 30 identical (their 435 pairs have d = 0,
     # p = 1). Holm multiplies the smallest p by 465: 2,000 patterns alone would give 465/2001 = 0.23 for every
-    # pair with method 0; the cap 20 * 465 / 0.05 = 186,000 gives 465/186,001
+    # pair with method 0; the cap 5 * 465 / 0.05 = 46,500 gives 465/46,501 = 0.0100
     n, k = 117, 31
     tp = np.full((n, k, 3), 6.0)
     fp = np.full((n, k, 3), 4.0)
     tp[:, 0], fp[:, 0] = 9.0, 1.0
     fn = np.zeros_like(tp)
     t = pairwise_permutation_miou(tp, fp, fn)
-    assert t.p[0, 1:] == pytest.approx(np.full(30, 1 / 186_001))
-    assert t.p_holm[0, 1:] == pytest.approx(np.full(30, 465 / 186_001))
+    assert t.p[0, 1:] == pytest.approx(np.full(30, 1 / 46_501))
+    assert t.p_holm[0, 1:] == pytest.approx(np.full(30, 465 / 46_501))
     assert t.better[0, 1:].all() and not t.better[1:].any()
     assert np.all(t.p[1:, 1:][~np.eye(30, dtype=bool)] == 1.0)
     # the shared patterns give each pair the p it gets alone
-    assert paired_permutation_miou(tp, fp, fn, 0, 5, max_perm=186_000)[1] == t.p[0, 5]
+    assert paired_permutation_miou(tp, fp, fn, 0, 5, max_perm=46_500)[1] == t.p[0, 5]
