@@ -215,7 +215,9 @@ def run_records(runs: Sequence[FoldRecord], dirs: WorkDirs, store: Store, device
             if record is not None and record.done:
                 test_only = (with_test[run.dataset] and needs_test(record, retry_failed)
                              and (fold_dir / "checkpoint_final.pth").is_file())
-                log(f"  fold {run.fold} is finished ({fold_dir}); reusing it, not retraining"
+                # the record may come from another machine's store: say so rather than name a folder not here
+                where = fold_dir if fold_dir.is_dir() else f"{run.run_id}: done in the store, not trained here"
+                log(f"  fold {run.fold} is finished ({where}); reusing it, not retraining"
                     + ("; predicting its test set only" if test_only else ""))
                 out.skipped_done.append(record)
                 if not test_only:
