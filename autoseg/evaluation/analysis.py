@@ -10,7 +10,7 @@ import numpy as np
 
 from autoseg.evaluation import ranking as rk
 from autoseg.evaluation import stats as st
-from autoseg.evaluation.metrics import HIGHER_IS_BETTER, pooled_iou
+from autoseg.evaluation.metrics import HIGHER_IS_BETTER, nanmean_last, pooled_iou
 
 GroupKey = tuple[str, str, str, str, str]
 GROUP_FIELDS = ("dataset", "configuration", "architecture", "plans", "budget")
@@ -185,10 +185,7 @@ def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarra
     """Per-image mean IoU over the classes present in the reference or the prediction of that image: a class absent
     from both says nothing about the method and is left out (not scored 1). ``[..., n_classes]`` -> ``[...]``."""
     present = (np.nan_to_num(tp) + np.nan_to_num(fp) + np.nan_to_num(fn)) > 0
-    x = np.where(present, iou, np.nan)
-    ok = ~np.isnan(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ok.any(-1), np.where(ok, x, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
+    return nanmean_last(np.where(present, iou, np.nan))
 
 
 def headline_statistic(g: GroupAnalysis):

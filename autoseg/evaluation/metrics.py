@@ -198,13 +198,19 @@ def pooled_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, axis: int = 0) ->
     A class absent from every reference and every prediction gets NaN (Cityscapes leaves it out of the mIoU).
     """
     tp, fp, fn = (np.asarray(x, dtype=np.float64).sum(axis=axis) for x in (tp, fp, fn))
-    return _ratio(tp, tp + fp + fn)
+    return ratio_or_nan(tp, tp + fp + fn)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def ratio_or_nan(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` where ``den > 0``, NaN elsewhere (an undefined ratio is left out of means, not 0)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def nanmean_last(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis leaving NaN out (NaN where all are), without numpy's empty-slice warning."""
+    ok = ~np.isnan(x)
+    return ratio_or_nan(np.where(ok, x, 0).sum(-1), ok.sum(-1))
 
 
 def pooled_precision_recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
@@ -216,4 +222,4 @@ def pooled_precision_recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
     """
     tp, fp, fn = (np.nan_to_num(np.asarray(x, dtype=np.float64)).sum(axis=axis) for x in (tp, fp, fn))
     predicted, present = tp + fp, tp + fn
-    return _ratio(tp, predicted), _ratio(tp, present), _ratio(predicted, present)
+    return ratio_or_nan(tp, predicted), ratio_or_nan(tp, present), ratio_or_nan(predicted, present)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from autoseg.evaluation.metrics import nanmean_last, ratio_or_nan
 from autoseg.evaluation.stats import pairwise_wilcoxon
 
 
@@ -80,9 +81,7 @@ def mean_statistic(scores: np.ndarray, higher_is_better: Sequence[bool] | bool =
 
     def stat(idx: np.ndarray) -> np.ndarray:  # idx [n_boot, n_cases] -> [n_boot, n_methods, n_tasks]
         counts = _resample_counts(idx, n)
-        total, used = counts @ values, counts @ valid
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(used > 0, total / np.where(used > 0, used, 1), np.nan).reshape(-1, m, t)
+        return ratio_or_nan(counts @ values, counts @ valid).reshape(-1, m, t)
 
     return stat
 
@@ -102,9 +101,8 @@ def pooled_iou_statistic(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, referen
     def stat(idx: np.ndarray) -> np.ndarray:
         counts = _resample_counts(idx, n)
         t, den = counts @ t_flat, counts @ d_flat
-        keep = (counts @ r_flat > 0) if reference_classes else den > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(keep, t / np.where(den > 0, den, 1), np.nan).reshape(-1, m, k)
+        iou = ratio_or_nan(t, den)  # a class with reference pixels has den > 0
+        return (np.where(counts @ r_flat > 0, iou, np.nan) if reference_classes else iou).reshape(-1, m, k)
 
     return stat
 
@@ -119,13 +117,6 @@ def miou_over_reference_classes(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) 
     """
     per_class = pooled_iou_statistic(tp, fp, fn, reference_classes=True)(np.arange(np.asarray(tp).shape[0])[None])
     return nanmean_last(per_class)[0]
-
-
-def nanmean_last(x: np.ndarray) -> np.ndarray:
-    """Mean over the last axis leaving NaN out (NaN where all are), without numpy's empty-slice warning."""
-    ok = ~np.isnan(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ok.any(-1), np.where(ok, x, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
 
 
 def bootstrap_indices(n_cases: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:

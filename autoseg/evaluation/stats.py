@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from autoseg.evaluation.metrics import nanmean_last, ratio_or_nan
+
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error), in the input order; NaN stays NaN.
@@ -262,14 +264,7 @@ def paired_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, i: i
 
 def _miou_rows(t: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Mean over classes of t/d per row, classes with d == 0 left out (NaN where no class is left)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _nanmean_rows(np.where(d > 0, t / np.where(d > 0, d, 1), np.nan))
-
-
-def _nanmean_rows(a: np.ndarray) -> np.ndarray:
-    ok = ~np.isnan(a)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ok.any(1), np.where(ok, a, 0.0).sum(1) / np.maximum(ok.sum(1), 1), np.nan)
+    return nanmean_last(ratio_or_nan(t, d))
 
 
 def pairwise_permutation_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, alpha: float = 0.05,
