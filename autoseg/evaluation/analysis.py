@@ -178,7 +178,7 @@ def _primary(natural: bool, values: dict[str, np.ndarray]) -> np.ndarray:
     present in the image (natural)."""
     if natural:
         return per_image_iou(values["iou"], values["tp"], values["fp"], values["fn"])
-    return np.nanmean(values["dice"], axis=2)
+    return nanmean_last(values["dice"])
 
 
 def per_image_iou(iou: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -198,7 +198,7 @@ def _statistic(natural: bool, values: dict[str, np.ndarray], primary: np.ndarray
         # the classes in the reference of the resampled images, the same for every method (a resample without the
         # rare class would otherwise compare one method's 0 for a stray pixel with another's "left out")
         pooled = rk.pooled_iou_statistic(values["tp"], values["fp"], values["fn"], reference_classes=True)
-        return lambda idx: rk.nanmean_last(pooled(idx))
+        return lambda idx: nanmean_last(pooled(idx))
     mean = rk.mean_statistic(primary)
     return lambda idx: mean(idx)[..., 0]
 

@@ -16,7 +16,7 @@ from autoseg.evaluation import stats as st
 from autoseg.evaluation.analysis import GroupAnalysis, empty_counts, fold_table, seed_order
 from autoseg.evaluation.dataset import load_dataset_info, read_segmentation, reference_for
 from autoseg.evaluation.document import Doc
-from autoseg.evaluation.metrics import pooled_precision_recall
+from autoseg.evaluation.metrics import nanmean_last, pooled_precision_recall
 from autoseg.evaluation.runs import Run, fold_key
 from autoseg.evaluation.scoring import Evaluation
 from autoseg.evaluation.training_log import NNUNET_DEFAULT_EPOCHS, parse_training_log, run_cost
@@ -282,11 +282,11 @@ def _headline_table(doc: Doc, g: GroupAnalysis, tag: str, what: str) -> None:
     header += [f"DSC {n} (%)" for n in names]
     rows = []
     for j, m in enumerate(g.methods):
-        row = [m, _ms(np.nanmean(dice[:, j], axis=1), 100), _ci(h.low[j], h.high[j]), _fmt_rank(h.ranks[j]),
+        row = [m, _ms(nanmean_last(dice[:, j]), 100), _ci(h.low[j], h.high[j]), _fmt_rank(h.ranks[j]),
                f"[{_fmt_rank(h.interval.low[j])}, {_fmt_rank(h.interval.high[j])}]"]
         if has_dist:
-            hd_case = np.nanmean(hd[:, j], axis=1)
-            row += [_ms(hd_case), _median(hd_case), _ms(np.nanmean(nsd[:, j], axis=1), 100)]
+            hd_case = nanmean_last(hd[:, j])
+            row += [_ms(hd_case), _median(hd_case), _ms(nanmean_last(nsd[:, j]), 100)]
         row += [_ms(dice[:, j, k], 100) for k in range(len(names))]
         rows.append(row)
     doc.table(f"dsc_{tag}", header, rows, f"{what}: DSC per class and overall, mean ± sd over cases, 95% bootstrap "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.evaluation.dataset import DatasetInfo, dataset_info_from_json, read_segmentation
-from autoseg.evaluation.metrics import case_metrics, pooled_iou
+from autoseg.evaluation.metrics import case_metrics, nanmean_last, pooled_iou
 
 
 def dataset_info(dataset_json: dict, name: str = "", path: Path | None = None) -> DatasetInfo:
@@ -81,8 +81,7 @@ def score_pairs(pairs: Iterable[tuple[Path, Path]], info: DatasetInfo) -> Scores
         metric, aggregation = "iou", "dataset_confusion_matrix"
     else:
         d = np.asarray(dice, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            values = np.array([np.nanmean(col) if np.isfinite(col).any() else np.nan for col in d.T])
+        values = nanmean_last(d.T)
         metric, aggregation = "dice", "per_case"
     per_class = {k: float(v) for k, v in zip(names, values)}
     absent = [k for k, v in per_class.items() if not math.isfinite(v)]
