@@ -3,6 +3,7 @@ budget), with its rankings and tests. Pure computation on the rows; nothing is w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,9 @@ class Difference:
     low: float
     high: float
     p_holm: float
+    # 95 % interval of a bootstrap over seeds and cases (both the loss and the baseline with several seeds), else NaN
+    seed_low: float = float("nan")
+    seed_high: float = float("nan")
 
 
 @dataclass
@@ -346,7 +350,7 @@ def analyse_group(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, alpha
     g.rankings = rankings
     order = np.lexsort((g.rankings["consensus over metrics and classes"], g.headline.ranks))
     _reorder(g, order)
-    _baseline_differences(g, baseline)
+    _baseline_differences(g, baseline, n_boot, seed)
     return g
 
 
@@ -363,19 +367,63 @@ def _seeds_note(g: GroupAnalysis) -> str:
     return note
 
 
+def _seed_values(g: GroupAnalysis, method: str, seed: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """One seed of a method alone: the group's paired cases it scored and its metric arrays ``[n, 1, n_labels]``."""
+    common = set(g.cases)
+    rows = [r for r in g.rows if r["method"] == method and str(r.get("seed", "")) == seed and r["case"] in common]
+    if not rows:
+        return [], {}
+    cases, _, values = _per_case_arrays(rows, [method], g.labels)
+    return cases, values
+
+
 def _per_seed_headline(g: GroupAnalysis) -> dict[str, dict[str, tuple[float, int]]]:
     """The headline statistic of every (method, seed) alone, over the group's paired cases that seed scored."""
-    common = set(g.cases)
     out: dict[str, dict[str, tuple[float, int]]] = {}
     for m, seeds in g.seeds.items():
         for s in seeds:
-            rows = [r for r in g.rows if r["method"] == m and str(r.get("seed", "")) == s and r["case"] in common]
-            if not rows:
-                out.setdefault(m, {})[s] = (float("nan"), 0)
-                continue
-            cases, _, values = _per_case_arrays(rows, [m], g.labels)
-            value = _statistic(g.natural, values, _primary(g.natural, values))(np.arange(len(cases))[None])[0, 0]
+            cases, values = _seed_values(g, m, s)
+            value = (_statistic(g.natural, values, _primary(g.natural, values))(np.arange(len(cases))[None])[0, 0]
+                     if cases else float("nan"))
             out.setdefault(m, {})[s] = (float(value), len(cases))
+    return out
+
+
+def _seed_stack(g: GroupAnalysis, method: str) -> dict[str, np.ndarray] | None:
+    """``metric -> [n_seeds, n_cases, n_labels]`` of a method's seeds over the group's paired cases, in the order
+    of ``g.cases``; None where it has one seed, or a seed lacks one of the paired cases."""
+    seeds = g.seeds.get(method, [])
+    if len(seeds) < 2:
+        return None
+    per = []
+    for s in seeds:
+        cases, values = _seed_values(g, method, s)
+        if cases != g.cases:
+            return None
+        per.append(values)
+    return {k: np.stack([v[k][:, 0] for v in per]) for k in METRICS}
+
+
+def _seed_and_case_boot(g: GroupAnalysis, method: str, n_boot: int, seed: int) -> np.ndarray | None:
+    """The headline statistic's difference ``method - baseline`` in ``n_boot`` resamples of both levels of noise: each
+    of the two draws as many of its seeds as it has, with replacement (independently: seeds are not paired), and the
+    cases are resampled with the headline's own indices (the same for both: cases stay paired). A resample's value
+    for a case is the mean over the drawn seeds, as the report averages seeds (:func:`seed_means`). None where the
+    method or the baseline has one seed (no seed noise to resample) or a seed lacks a paired case."""
+    stacks = [_seed_stack(g, method), _seed_stack(g, g.baseline)]
+    if stacks[0] is None or stacks[1] is None:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    case_idx = rk.bootstrap_indices(len(g.cases), n_boot, seed)
+    out = np.empty(n_boot)
+    with warnings.catch_warnings():  # a metric no drawn seed scored stays NaN, as in seed_means
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for b in range(n_boot):
+            draws = [rng.integers(0, len(s["tp"]), len(s["tp"])) for s in stacks]  # one draw for every metric
+            values = {k: np.stack([np.nanmean(s[k][d], axis=0) for s, d in zip(stacks, draws)], axis=1)
+                      for k in METRICS}  # [n_cases, 2, n_labels]
+            pair = _statistic(g.natural, values, _primary(g.natural, values))(case_idx[b][None])[0]
+            out[b] = pair[0] - pair[1]
     return out
 
 
@@ -404,8 +452,9 @@ def _reorder(g: GroupAnalysis, order: np.ndarray) -> None:
         g.pooled = g.pooled[order]
 
 
-def _baseline_differences(g: GroupAnalysis, baseline: str | None) -> None:
-    """Paired differences of every loss against the baseline (or, when the group lacks it, the headline's best)."""
+def _baseline_differences(g: GroupAnalysis, baseline: str | None, n_boot: int = 1000, seed: int = 0) -> None:
+    """Paired differences of every loss against the baseline (or, when the group lacks it, the headline's best): the
+    interval over cases, and where both have several seeds a second one over seeds and cases."""
     if g.headline is None or len(g.methods) < 2:
         return
     base = baseline if baseline in g.methods else None
@@ -422,8 +471,12 @@ def _baseline_differences(g: GroupAnalysis, baseline: str | None) -> None:
     for j, m in enumerate(g.methods):
         if j == b:
             continue
-        g.differences.append(Difference(m, float(h.values[j] - h.values[b]), float(low[j]), float(high[j]),
-                                        float(g.tests.p_holm[j, b]) if g.tests is not None else float("nan")))
+        d = Difference(m, float(h.values[j] - h.values[b]), float(low[j]), float(high[j]),
+                       float(g.tests.p_holm[j, b]) if g.tests is not None else float("nan"))
+        both = _seed_and_case_boot(g, m, n_boot, seed)
+        if both is not None:
+            d.seed_low, d.seed_high = (float(x) for x in st.percentile_interval(both))
+        g.differences.append(d)
 
 
 def headline_json(g: GroupAnalysis) -> dict:

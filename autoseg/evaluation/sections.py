@@ -322,11 +322,16 @@ def _differences_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
         return
     short = g.headline.short
     test = "permutation" if g.natural else "Wilcoxon"
-    rows = [[d.method, f"{d.diff * 100:+.2f}", _ci(d.low, d.high), f"{d.p_holm:.3g}" if np.isfinite(d.p_holm) else "-"]
-            for d in g.differences]
-    doc.table(f"vs_baseline_{tag}", ["loss", f"Δ {short} vs {g.baseline} (points)", "95% CI", f"{test} p (Holm)"],
+    seeded = any(np.isfinite(d.seed_low) for d in g.differences)
+    rows = [[d.method, f"{d.diff * 100:+.2f}", _ci(d.low, d.high)] + ([_ci(d.seed_low, d.seed_high)] if seeded else [])
+            + [f"{d.p_holm:.3g}" if np.isfinite(d.p_holm) else "-"] for d in g.differences]
+    doc.table(f"vs_baseline_{tag}", ["loss", f"Δ {short} vs {g.baseline} (points)", "95% CI"]
+              + (["95% CI over seeds and cases"] if seeded else []) + [f"{test} p (Holm)"],
               rows, f"Paired differences against the baseline {g.baseline} (loss minus baseline, percentage points; "
-                    "95% paired bootstrap interval over cases; p of the paired test, Holm over all pairs)")
+                    "95% paired bootstrap interval over cases; p of the paired test, Holm over all pairs)"
+                    + ("; where the loss and the baseline both have several seeds, a second interval that also "
+                       "resamples their seeds (section Seeds): the interval over cases and the test see only the "
+                       "cases, not how a second training run would land" if seeded else ""))
 
 
 def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str, level: int = 2) -> None:
@@ -349,28 +354,46 @@ def _seeds_table(doc: Doc, g: GroupAnalysis, tag: str, level: int = 2) -> None:
         rows.append([m, len(per), ", ".join(str(c) for _, c in per.values())]
                     + [_pct(per[s][0]) if s in per else "-" for s in seeds]
                     + [_pct(np.nanmean(v)) if np.isfinite(v).any() else "-", _pct(sd), _pct(h.values[j])]
-                    + (["0 (baseline)" if m == g.baseline else f"{d.diff * 100:+.2f} {_ci(d.low, d.high)}"]
+                    + (["0 (baseline)" if m == g.baseline else f"{d.diff * 100:+.2f} {_ci(d.low, d.high)}",
+                        "-" if m == g.baseline or not np.isfinite(d.seed_low) else _ci(d.seed_low, d.seed_high)]
                        if g.differences else []))
     unit = "images" if g.natural else "cases"
     header = ["loss", "seeds", f"paired {unit} per seed"] + [f"seed {s} {h.short} (%)" for s in seeds] + [
         "mean over seeds (%)", "sd over seeds (%)", f"{h.short} of the seed means (%)"]
-    header += [f"Δ vs {g.baseline} (points, 95% CI)"] if g.differences else []
+    header += [f"Δ vs {g.baseline} (points, 95% CI over {unit})", "95% CI over seeds and " + unit] \
+        if g.differences else []
     doc.h(level, "Seeds")
     doc.table(f"seeds_{tag}", header, rows,
               f"The headline {h.short} of every seed alone over the paired {unit} it scored, its mean and sd over "
               f"seeds, and the value the report ranks (each of the {len(g.cases)} paired {unit} the mean over "
               "seeds); last, the paired difference to the baseline with its 95% bootstrap interval over "
-              f"{unit}")
+              f"{unit}, and where the loss and the baseline both have several seeds a second interval that also "
+              f"resamples each one's seeds (as many as it has, with replacement; the {unit} stay paired). With two "
+              "or three seeds that second interval is coarse and, like any bootstrap over k values, too narrow by "
+              "about a factor sqrt((k-1)/k) in its seed part: read its width as a lower bound")
+    seeded = [d for d in g.differences if np.isfinite(d.seed_low)]
     between = h.values.std(ddof=1) if len(h.values) > 1 else float("nan")
     spread = (f"{_pct(min(seed_sd))} to {_pct(max(seed_sd))} points (median {_pct(float(np.median(seed_sd)))})"
               if seed_sd else "-")
     doc.p(f"Seed noise against loss differences: the sd over seeds of one loss is {spread}; the sd of the "
           f"{h.short} between the {len(g.methods)} losses is {_pct(between)} points and their range "
           f"{_pct(float(h.values.max() - h.values.min()))} points. Two losses closer than the seed spread cannot be "
-          "told apart by this study.")
+          "told apart by this study." + _seed_interval_summary(seeded, g.baseline, unit))
     doc.img(f"seeds_{tag}", plots.seed_dots(g.methods, [[per[0] for per in g.per_seed.get(m, {}).values()]
                                                         for m in g.methods], h.values, h.short),
             f"{h.short} per loss: one dot per seed, the bar the value of the seed means")
+
+
+def _seed_interval_summary(seeded: list, baseline: str, unit: str) -> str:
+    """Which seeded losses differ from the baseline once seed noise is resampled too, and which do not."""
+    if not seeded:
+        return ""
+
+    def listed(ds):
+        return ", ".join(f"{d.method} {d.diff * 100:+.2f} {_ci(d.seed_low, d.seed_high)}" for d in ds) or "none"
+    apart = [d for d in seeded if d.seed_low > 0 or d.seed_high < 0]
+    return (f" Resampling seeds and {unit} together, the interval against {baseline} excludes 0 for "
+            f"{listed(apart)}; it includes 0 for {listed([d for d in seeded if d not in apart])}.")
 
 
 @group_section("baseline")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.evaluation.analysis import analyse_group, fold_table, headline_json
+from autoseg.evaluation.analysis import _seed_and_case_boot, analyse_group, fold_table, headline_json
 from autoseg.evaluation.document import Doc, render
 from autoseg.evaluation.report import analyse
 from autoseg.evaluation.runs import Run
@@ -87,8 +87,8 @@ def _runs(rows, tmp_path: Path):
     return list(seen.values())
 
 
-def _report(rows, tmp_path: Path):
-    groups, test_groups = analyse(rows, n_boot=50)
+def _report(rows, tmp_path: Path, n_boot: int = 50):
+    groups, test_groups = analyse(rows, n_boot=n_boot)
     ctx = ReportContext(Evaluation(rows, _runs(rows, tmp_path)), groups, test_groups)
     doc = Doc()
     for _, section in REPORT_SECTIONS:
@@ -119,7 +119,10 @@ def test_report_tables_and_seeds_table_by_hand(tmp_path):
     assert seeds["a"]["DSC of the seed means (%)"] == f"{case_means.mean():.2f}"
     assert seeds["dice_ce"]["seed 1 DSC (%)"] == "-" and seeds["dice_ce"]["sd over seeds (%)"] == "-"
     diff = case_means.mean() - 50.0
-    assert seeds["a"]["Δ vs dice_ce (points, 95% CI)"].startswith(f"{diff:+.2f} [")
+    assert seeds["a"]["Δ vs dice_ce (points, 95% CI over cases)"].startswith(f"{diff:+.2f} [")
+    # the baseline has one seed: no interval over seeds
+    assert seeds["a"]["95% CI over seeds and cases"] == "-" and np.isnan(g.differences[0].seed_low)
+    assert "95% CI over seeds and cases" not in next(csv.reader(open(next(tables.glob("vs_baseline_*.csv")))))
     cost = list(csv.DictReader(open(next(tables.glob("cost_*.csv")))))
     assert [(r["loss"], r["seed"]) for r in cost] == [("a", "0"), ("a", "1"), ("dice_ce", "0")]
     md = (out / "report.md").read_text()
@@ -237,3 +240,76 @@ def test_seed_folders_of_a_results_tree_are_combined(tmp_path):
     runs = list(csv.DictReader(open(tmp_path / "r" / "tables" / "runs.csv")))
     assert sorted((r["loss"], r["seed"]) for r in runs) == [("good", "0"), ("twin_a", "0"), ("twin_a", "1")]
     assert list((tmp_path / "r" / "tables").glob("seeds_*.csv"))
+
+
+# --------------------------------------------------------------------- the interval over seeds and cases
+
+
+def _flat_medical_rows(a_seeds, base_seeds, cases=("c1", "c2", "c3")):
+    """Every case and class of a seed has the same Dice: the cases carry no noise, the seeds all of it."""
+    rows = []
+    for method, per_seed in (("a", a_seeds), ("dice_ce", base_seeds)):
+        for seed, dice in enumerate(per_seed):
+            rows += [_row(method, seed, 0, c, lab, dice) for c in cases for lab in (1, 2)]
+    return rows
+
+
+def test_seed_interval_by_hand_when_only_seeds_differ(tmp_path):
+    # a: seeds 0.6 and 0.8; dice_ce: 0.5 and 0.5. Drawing a's two seeds with replacement gives a mean of 0.6 (1/4),
+    # 0.7 (1/2) or 0.8 (1/4), so the difference is 0.1, 0.2 or 0.3: its 2.5th and 97.5th percentiles are 0.1 and 0.3
+    # (each end has about 100 of the 400 resamples). Resampling cases alone cannot move it from 0.2.
+    (g,), _, out = _report(_flat_medical_rows([0.6, 0.8], [0.5, 0.5]), tmp_path, 400)
+    (d,) = g.differences
+    assert d.diff == pytest.approx(0.2)
+    assert (d.low, d.high) == (pytest.approx(0.2), pytest.approx(0.2))
+    assert (d.seed_low, d.seed_high) == (pytest.approx(0.1), pytest.approx(0.3))
+    seeds = _csv(next((out / "tables").glob("seeds_*.csv")))
+    assert seeds["a"]["95% CI over seeds and cases"] == "[10.00, 30.00]"
+    assert seeds["dice_ce"]["95% CI over seeds and cases"] == "-"
+    md = (out / "report.md").read_text()
+    assert "the interval against dice_ce excludes 0 for a +20.00 [10.00, 30.00]; it includes 0 for none." in md
+    vs = _csv(next((out / "tables").glob("vs_baseline_*.csv")))
+    assert vs["a"]["95% CI"] == "[20.00, 20.00]" and vs["a"]["95% CI over seeds and cases"] == "[10.00, 30.00]"
+
+
+def test_seed_interval_includes_zero_when_seeds_straddle_the_baseline(tmp_path):
+    # a: seeds 0.4 and 0.8 (mean 0.6); dice_ce 0.55 and 0.55: differences -0.15, +0.05, +0.25
+    (g,), _, out = _report(_flat_medical_rows([0.4, 0.8], [0.55, 0.55]), tmp_path, 400)
+    (d,) = g.differences
+    assert (d.seed_low, d.seed_high) == (pytest.approx(-0.15), pytest.approx(0.25))
+    assert "it includes 0 for a +5.00 [-15.00, 25.00]." in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("natural", [False, True])
+def test_identical_seeds_give_the_interval_over_cases(natural):
+    """Two copies of one seed carry no seed noise: the interval over seeds and cases is the one over cases, resample
+    by resample (the same case indices as the headline)."""
+    if natural:
+        rows = []
+        for seed in (0, 1):
+            for case, by_label in COUNTS_A[0].items():
+                rows += [_row("a", seed, 0, case, lab, tp=tp, fp=fp, fn=fn, natural=True)
+                         for lab, (tp, fp, fn) in by_label.items()]
+            for case, by_label in COUNTS_BASE.items():
+                rows += [_row("dice_ce", seed, 0, case, lab, tp=tp, fp=fp, fn=fn, natural=True)
+                         for lab, (tp, fp, fn) in by_label.items()]
+    else:
+        rows = [dict(r, seed="1") for r in _medical_rows() if r["seed"] == "0"] + \
+            [r for r in _medical_rows() if r["seed"] == "0"]
+    g = analyse_group(rows, n_boot=60)
+    (d,) = g.differences
+    assert np.isfinite(d.seed_low) and d.low < d.high  # the cases do vary
+    assert (d.seed_low, d.seed_high) == (pytest.approx(d.low), pytest.approx(d.high))
+
+
+def test_a_resample_draws_one_seed_for_every_metric():
+    """tp, fp and fn of a resample come from the same drawn seeds: one image, one class; a's seed 0 is perfect
+    (tp 10), its seed 1 all wrong (fp 10, fn 10). Their mean (tp 5, fp 5, fn 5) has IoU 1/3, so a's IoU in a
+    resample is 1, 1/3 or 0, and against the baseline's 0.5 (tp 5, fn 5) the difference is 0.5, -1/6 or -0.5. Drawing
+    tp, fp and fn separately would mix the seeds into other values (e.g. tp 10, fp 5: 2/3)."""
+    rows = [_row("a", 0, 0, "i1", 0, tp=10, natural=True), _row("a", 1, 0, "i1", 0, fp=10, fn=10, natural=True),
+            _row("dice_ce", 0, 0, "i1", 0, tp=5, fn=5, natural=True),
+            _row("dice_ce", 1, 0, "i1", 0, tp=5, fn=5, natural=True)]
+    g = analyse_group(rows, n_boot=10)
+    boot = _seed_and_case_boot(g, "a", 300, 0)
+    assert sorted(np.unique(np.round(boot, 9))) == pytest.approx([-0.5, -1 / 6, 0.5])
