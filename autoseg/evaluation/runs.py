@@ -107,12 +107,19 @@ def parse_run(fold_dir: Path) -> Run | None:
 
 
 def find_runs(results: Path) -> list[Run]:
-    """Every ``fold_*`` folder below ``results`` (a results root, one dataset or one trainer folder)."""
+    """Every ``fold_*`` folder below ``results`` (a results root, one dataset or one trainer folder). Links to
+    folders are followed, each real folder once: a folder of links to several stores reports them together."""
     results = Path(results)
     runs = []
-    for dirpath, dirnames, _ in os.walk(results):
+    seen = {os.path.realpath(results)}
+    for dirpath, dirnames, _ in os.walk(results, followlinks=True):
         dirnames.sort()
         for d in list(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:  # a link back up, or a second link to the same folder
+                dirnames.remove(d)
+                continue
+            seen.add(real)
             if d == TEST_DIR:  # held-out test predictions (their fold_N folders are not runs): heldout_scoring
                 dirnames.remove(d)
             elif d.startswith("fold_"):

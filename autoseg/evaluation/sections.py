@@ -178,6 +178,14 @@ def across_groups_section(doc: Doc, ctx: ReportContext) -> None:
                for j, m in enumerate(common)], "Headline statistic per group and average Friedman rank")
     _cd_figure(doc, "cd_across_groups", common, f, cd, ctx.alpha, f"average rank over {len(usable)} groups",
                "Critical-difference diagram across datasets and configurations")
+    names = [" / ".join(g.key[:3]) for g in usable]
+    taus = [[st.kendall_tau_test(matrix[i], matrix[k]) for k in range(len(usable))] for i in range(len(usable))]
+    doc.table("kendall_across_groups", ["group"] + names,
+              [[names[i]] + ["1" if i == k else f"{t:.2f} (p {p:.2g})" for k, (t, p) in enumerate(row)]
+               for i, row in enumerate(taus)],
+              f"Kendall's tau between the groups' headline rankings of the {len(common)} losses every group has "
+              "(1: the same order, 0: unrelated, -1: reversed; p of the test of no association): how far a loss "
+              "ranking found on one dataset or configuration carries to another")
 
 
 @report_section("test_set")

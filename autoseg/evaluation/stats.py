@@ -191,6 +191,15 @@ def kendall_tau(ranking_a: Sequence[float], ranking_b: Sequence[float]) -> float
     return float(stats.kendalltau(a, b).statistic)
 
 
+def kendall_tau_test(ranking_a: Sequence[float], ranking_b: Sequence[float]) -> tuple[float, float]:
+    """Kendall's tau-b between two rankings and the two-sided p of "no association" (scipy's exact or asymptotic
+    test): does an order found on one dataset say anything about the order on another?"""
+    tau = kendall_tau(ranking_a, ranking_b)
+    if not np.isfinite(tau):
+        return tau, float("nan")
+    return tau, float(stats.kendalltau(np.asarray(ranking_a, float), np.asarray(ranking_b, float)).pvalue)
+
+
 PERMUTATION_RESOLUTION = 5  # pairwise tests resolve p down to alpha / (this x pairs)
 
 

@@ -109,6 +109,21 @@ def test_identity_from_folder_names_without_autoseg_json(tmp_path):
     assert parse_run(tmp_path / "Dataset001_X") is None
 
 
+def test_a_folder_of_links_to_stores_finds_each_run_once(tmp_path):
+    """Two studies' stores reported together through a folder of links (autoseg report LINKS --out ...); a link
+    back up and a second link to the same store add nothing and do not loop."""
+    for name, config in (("a", "2d"), ("b", "3d_fullres")):
+        (tmp_path / "stores" / name / "Dataset001_X" / f"nnUNetTrainer__nnUNetPlans__{config}" / "fold_0").mkdir(
+            parents=True)
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "a").symlink_to(tmp_path / "stores" / "a")
+    (both / "b").symlink_to(tmp_path / "stores" / "b")
+    (both / "b_again").symlink_to(tmp_path / "stores" / "b")
+    (tmp_path / "stores" / "a" / "loop").symlink_to(both)
+    assert sorted(r.configuration for r in find_runs(both)) == ["2d", "3d_fullres"]
+
+
 def test_autoseg_json_wins_over_folder_names(tmp_path):
     d = tmp_path / "Dataset002_Y" / "nnUNetTrainer_autoseg_combo_deadbeef__nnUNetPlans__3d_fullres_quick" / "fold_1"
     d.mkdir(parents=True)

@@ -179,6 +179,9 @@ def test_friedman_across_configurations(tmp_path):
     assert {m: r["average rank"] for m, r in rows.items()} == {"good": "1.00", "twin_a": "2.00", "bad": "3.00"}
     md = (tmp_path / "r" / "report.md").read_text()
     assert "chi2 = 4.000" in md and (tmp_path / "r" / "figures" / "cd_across_groups.png").exists()
+    # the same predictions in both configurations: the same order, tau 1
+    tau = list(csv.reader(open(tmp_path / "r" / "tables" / "kendall_across_groups.csv")))
+    assert tau[1][1] == "1" and tau[1][2].startswith("1.00 (p ") and tau[2][1].startswith("1.00 (p ")
 
 
 def test_one_loss_only(tmp_path):

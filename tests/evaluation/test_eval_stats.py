@@ -25,6 +25,7 @@ from autoseg.evaluation.stats import (
     friedman,
     holm,
     kendall_tau,
+    kendall_tau_test,
     nemenyi_critical_difference,
     pairwise_wilcoxon,
 )
@@ -140,6 +141,15 @@ def test_kendall_tau_by_hand_and_scipy():
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     a, b = [1, 2.5, 2.5, 4], [1, 2, 4, 3]
     assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
+
+
+def test_kendall_tau_test_exact_p_by_hand():
+    # 4 methods in the same order: of the 24 orders of one ranking only 1 has tau = 1 and 1 has tau = -1, so the
+    # two-sided exact p is 2 / 24; one swap (tau 2/3) is matched or beaten by 1 + 3 orders at each end: 8 / 24
+    assert kendall_tau_test([1, 2, 3, 4], [1, 2, 3, 4]) == (pytest.approx(1.0), pytest.approx(2 / 24))
+    assert kendall_tau_test([1, 2, 3, 4], [2, 1, 3, 4]) == (pytest.approx(4 / 6), pytest.approx(8 / 24))
+    tau, p = kendall_tau_test([1.0], [2.0])
+    assert np.isnan(tau) and np.isnan(p)
 
 
 def test_friedman_by_hand():
