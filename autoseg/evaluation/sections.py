@@ -334,7 +334,8 @@ def _differences_table(doc: Doc, g: GroupAnalysis, tag: str) -> None:
     rows = [[d.method, f"{d.diff * 100:+.2f}", _ci(d.low, d.high)] + ([_ci(d.seed_low, d.seed_high)] if seeded else [])
             + [f"{d.p_holm:.3g}" if np.isfinite(d.p_holm) else "-"] for d in g.differences]
     doc.table(f"vs_baseline_{tag}", ["loss", f"Δ {short} vs {g.baseline} (points)", "95% CI"]
-              + (["95% CI over seeds and cases"] if seeded else []) + [f"{test} p (Holm)"],
+              + ([f"95% CI over seeds and {'images' if g.natural else 'cases'}"] if seeded else [])
+              + [f"{test} p (Holm)"],
               rows, f"Paired differences against the baseline {g.baseline} (loss minus baseline, percentage points; "
                     "95% paired bootstrap interval over cases; p of the paired test, Holm over all pairs)"
                     + ("; where the loss and the baseline both have several seeds, a second interval that also "
