@@ -28,16 +28,33 @@ def choose(report: Path, losses: list[str], n_best: int = 5, seed: str = "1") ->
     unfinished = sorted(name for name in losses if status.get(name) not in ENDED)
     if unfinished:
         raise ValueError(f"seed {seed} is not complete: no ended run for {', '.join(unfinished)}")
+    delta = _seed_differences(tables, seed)
+    best = sorted((name for name in delta if name != BASELINE and status.get(name) == "done"),
+                  key=lambda name: (-delta[name], name))[:n_best]
+    return [BASELINE, *best]
+
+
+def _seed_differences(tables: Path, seed: str) -> dict[str, float]:
+    """Each loss's test mIoU minus the baseline's, on ``seed`` alone. Once other seeds are in the report its
+    comparison table averages them, so the seed's own column of the seeds table is used where there is one: the
+    choice made after seed 1 can be checked again after seeds 2 and 3 (same images, so the difference of the two
+    mIoUs is the paired difference)."""
+    seeds = sorted(tables.glob("seeds_test_*.csv"))
+    if len(seeds) == 1:
+        with open(seeds[0], newline="") as f:
+            rows = list(csv.DictReader(f))
+        column = next((k for k in rows[0] if k.startswith(f"seed {seed} ")), None) if rows else None
+        if column is not None:
+            value = {row["loss"]: float(row[column]) for row in rows if row[column] not in ("", "-")}
+            if BASELINE in value:
+                return {name: v - value[BASELINE] for name, v in value.items()}
     found = sorted(tables.glob("vs_baseline_test_*.csv"))
     if len(found) != 1:
         raise ValueError(f"expected one test-split comparison table (vs_baseline_test_*.csv) in {tables}, "
                          f"found {len(found)}")
     with open(found[0], newline="") as f:
         rows = list(csv.DictReader(f))
-    delta = {row["loss"]: float(row[next(k for k in row if k.startswith("Δ"))]) for row in rows}
-    best = sorted((name for name in delta if name != BASELINE and status.get(name) == "done"),
-                  key=lambda name: (-delta[name], name))[:n_best]
-    return [BASELINE, *best]
+    return {row["loss"]: float(row[next(k for k in row if k.startswith("Δ"))]) for row in rows}
 
 
 def main(argv: list[str] | None = None) -> int:

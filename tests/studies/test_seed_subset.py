@@ -44,6 +44,19 @@ def test_the_five_furthest_above_the_baseline_with_it(tmp_path):
     assert seed_subset.choose(report, losses, n_best=2) == ["dice_ce", "b", "f"]
 
 
+def test_after_more_seeds_the_seed_1_column_decides(tmp_path):
+    """Once seeds 2 and 3 are in, the comparison table averages them; the choice after seed 1 is read from the seed-1
+    column of the seeds table (b - dice_ce = 3.0 > a - dice_ce = 1.0), not from the averaged differences (a first)."""
+    losses = ["dice_ce", "a", "b"]
+    report = write_report(tmp_path, dict.fromkeys(losses, "done"), {"a": 2.0, "b": 0.5})
+    with open(report / "tables" / "seeds_test_D_2d_5.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["loss", "seeds", "seed 1 mIoU (%)", "seed 2 mIoU (%)", "mean over seeds (%)"])
+        w.writerows([["a", 2, "21.00", "24.00", "22.50"], ["b", 1, "23.00", "-", "23.00"],
+                     ["dice_ce", 2, "20.00", "20.00", "20.00"]])
+    assert seed_subset.choose(report, losses, n_best=2) == ["dice_ce", "b", "a"]
+
+
 def test_refuses_while_seed_1_is_incomplete(tmp_path):
     losses = ["dice_ce", "a", "b", "c"]
     report = write_report(tmp_path, {"dice_ce": "done", "a": "done", "b": "running"}, {"a": 1.0})
