@@ -404,13 +404,15 @@ def _seed_stack(g: GroupAnalysis, method: str) -> dict[str, np.ndarray] | None:
     return {k: np.stack([v[k][:, 0] for v in per]) for k in METRICS}
 
 
-def _seed_and_case_boot(g: GroupAnalysis, method: str, n_boot: int, seed: int) -> np.ndarray | None:
+def _seed_and_case_boot(g: GroupAnalysis, method: str, n_boot: int, seed: int,
+                        base_stack: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
     """The headline statistic's difference ``method - baseline`` in ``n_boot`` resamples of both levels of noise: each
     of the two draws as many of its seeds as it has, with replacement (independently: seeds are not paired), and the
     cases are resampled with the headline's own indices (the same for both: cases stay paired). A resample's value
     for a case is the mean over the drawn seeds, as the report averages seeds (:func:`seed_means`). None where the
-    method or the baseline has one seed (no seed noise to resample) or a seed lacks a paired case."""
-    stacks = [_seed_stack(g, method), _seed_stack(g, g.baseline)]
+    method or the baseline has one seed (no seed noise to resample) or a seed lacks a paired case. ``base_stack``:
+    the baseline's :func:`_seed_stack`, when the caller has it already."""
+    stacks = [_seed_stack(g, method), base_stack if base_stack is not None else _seed_stack(g, g.baseline)]
     if stacks[0] is None or stacks[1] is None:
         return None
     rng = np.random.default_rng([seed, 1])
@@ -468,12 +470,13 @@ def _baseline_differences(g: GroupAnalysis, baseline: str | None, n_boot: int = 
     h = g.headline
     diffs = h.boot - h.boot[:, [b]]
     low, high = st.percentile_interval(diffs)
+    base_stack = _seed_stack(g, base)  # the baseline's seeds, built once for every loss compared with it
     for j, m in enumerate(g.methods):
         if j == b:
             continue
         d = Difference(m, float(h.values[j] - h.values[b]), float(low[j]), float(high[j]),
                        float(g.tests.p_holm[j, b]) if g.tests is not None else float("nan"))
-        both = _seed_and_case_boot(g, m, n_boot, seed)
+        both = None if base_stack is None else _seed_and_case_boot(g, m, n_boot, seed, base_stack)
         if both is not None:
             d.seed_low, d.seed_high = (float(x) for x in st.percentile_interval(both))
         g.differences.append(d)

@@ -182,22 +182,20 @@ def cd_cliques(average_ranks: Sequence[float], cd: float) -> list[list[int]]:
 
 def kendall_tau(ranking_a: Sequence[float], ranking_b: Sequence[float]) -> float:
     """Kendall's tau-b between two rankings of the same methods (1: same order, -1: reversed)."""
-    a = np.asarray(ranking_a, dtype=float)
-    b = np.asarray(ranking_b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"rankings must have the same length, got {a.shape} and {b.shape}")
-    if a.size < 2:
-        return float("nan")
-    return float(stats.kendalltau(a, b).statistic)
+    return kendall_tau_test(ranking_a, ranking_b)[0]
 
 
 def kendall_tau_test(ranking_a: Sequence[float], ranking_b: Sequence[float]) -> tuple[float, float]:
     """Kendall's tau-b between two rankings and the two-sided p of "no association" (scipy's exact or asymptotic
     test): does an order found on one dataset say anything about the order on another?"""
-    tau = kendall_tau(ranking_a, ranking_b)
-    if not np.isfinite(tau):
-        return tau, float("nan")
-    return tau, float(stats.kendalltau(np.asarray(ranking_a, float), np.asarray(ranking_b, float)).pvalue)
+    a = np.asarray(ranking_a, dtype=float)
+    b = np.asarray(ranking_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"rankings must have the same length, got {a.shape} and {b.shape}")
+    if a.size < 2:
+        return float("nan"), float("nan")
+    res = stats.kendalltau(a, b)
+    return float(res.statistic), float(res.pvalue)
 
 
 PERMUTATION_RESOLUTION = 5  # pairwise tests resolve p down to alpha / (this x pairs)
